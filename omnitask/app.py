@@ -1,0 +1,340 @@
+"""``OmniTask``, the app: settings, the task registry, the broker connection and the hooks."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, ParamSpec, TypedDict, TypeVar, overload
+
+import msgspec
+
+from omnitask.broker.client import Broker
+from omnitask.broker.keys import Keyspace, check_name
+from omnitask.config import Config, load_config
+from omnitask.errors import ConfigurationError, TaskNotRegisteredError
+from omnitask.events import EventStream
+from omnitask.producer import Call, OptionsLike
+from omnitask.result import AsyncResult
+from omnitask.serialization import SERIALIZER_NAMES
+from omnitask.signals import Signals
+from omnitask.task import Task
+
+if TYPE_CHECKING:
+    from typing_extensions import Never, Unpack
+
+__all__ = ("OmniTask", "Settings")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_TASK_OPTIONS = (
+    "name",
+    "queue",
+    "priority",
+    "retries",
+    "result_ttl",
+    "ignore_result",
+    "expires",
+    "serializer",
+    "track_started",
+)
+
+
+class Settings(TypedDict, total=False):
+    """Settings accepted as keywords by ``OmniTask(...)`` and ``app.configure(...)``.
+
+    Each is described on :class:`~omnitask.config.Config`.
+    """
+
+    key_prefix: str
+    default_queue: str
+    default_priority: int
+    serializer: str
+    result_ttl_s: float
+    track_started: bool
+    lease_s: float
+    max_deliveries: int
+    events: bool
+    events_maxlen: int
+    dead_letter_maxlen: int
+    worker_concurrency: int
+    shutdown_timeout_s: float
+    heartbeat_interval_s: float
+    connect_timeout_s: float
+
+
+class OmniTask:
+    """An omnitask app: declare tasks on it, send them, read their results.
+
+    Example::
+
+        app = OmniTask("myapp", broker="redis://localhost:6379/0")
+
+        @app.task
+        def add(x: int, y: int) -> int:
+            return x + y
+
+        add.delay(1, 2).get(timeout=5)  # 3
+
+    Args:
+        main: The app's name. It prefixes every Redis key, so apps with different names share
+            a Redis without seeing each other's tasks.
+        broker: Redis URL; default ``OMNITASK_BROKER_URL``, else ``redis://localhost:6379/0``.
+        result_backend: Redis URL for results; default: the broker's Redis.
+        include: Modules a worker imports to register their tasks.
+        **settings: Any other setting of :class:`~omnitask.config.Config`.
+
+    Raises:
+        ConfigurationError: A setting is unknown or has a bad value (message names it).
+    """
+
+    def __init__(
+        self,
+        main: str,
+        *,
+        broker: str | None = None,
+        result_backend: str | None = None,
+        include: Sequence[str] = (),
+        **settings: Unpack[Settings],
+    ) -> None:
+        """Create the app; nothing connects until first use."""
+        try:
+            self.main = check_name("app name", main)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
+        self.include = tuple(include)
+        self._settings: dict[str, Any] = {
+            **settings,
+            "broker_url": broker,
+            "result_backend": result_backend,
+        }
+        self.conf: Config = load_config(self._settings)
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self.signals = Signals()
+        self.events = EventStream(self)
+        self._broker: Broker | None = None
+        self._keys: Keyspace | None = None
+
+    def __repr__(self) -> str:
+        return f"<OmniTask {self.main}>"
+
+    # -- settings and connections -------------------------------------------------------------
+
+    def configure(self, **settings: Any) -> None:
+        """Change settings (same names and precedence as the constructor's keywords).
+
+        Raises:
+            ConfigurationError: A setting is unknown or has a bad value.
+        """
+        merged = {**self._settings, **settings}
+        self.conf = load_config(merged)
+        self._settings = merged
+        self.close()
+        self._broker = None
+        self._keys = None
+
+    @property
+    def keys(self) -> Keyspace:
+        """The app's Redis key schema."""
+        if self._keys is None:
+            self._keys = Keyspace(self.conf.key_prefix, self.main)
+        return self._keys
+
+    @property
+    def broker(self) -> Broker:
+        """The app's connection to Redis (created on first use)."""
+        if self._broker is None:
+            self._broker = Broker(self.conf, self.keys)
+        return self._broker
+
+    def connect(self) -> None:
+        """Connect now and check Redis answers (otherwise the first call connects)."""
+        self.broker.ping()
+        self.broker.load_scripts()
+
+    def after_fork(self) -> None:
+        """Forget connections inherited from a parent process without closing them.
+
+        Closing would shut the sockets the parent still uses; the next call opens new ones.
+        """
+        self._broker = None
+
+    def close(self) -> None:
+        """Close the app's connections to Redis."""
+        if self._broker is not None:
+            self._broker.close()
+
+    def check_serializer(self, name: str) -> None:
+        """Raise ConfigurationError unless ``name`` is a known serializer."""
+        if name not in SERIALIZER_NAMES:
+            raise ConfigurationError(
+                f"unknown serializer {name!r}; use one of {', '.join(SERIALIZER_NAMES)}"
+            )
+
+    # -- tasks --------------------------------------------------------------------------------
+
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(
+        self,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        retries: int = 0,
+        result_ttl: float | timedelta | None = None,
+        ignore_result: bool = False,
+        expires: float | timedelta | None = None,
+        serializer: str | None = None,
+        track_started: bool | None = None,
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def task(
+        self,
+        fn: Callable[P, R] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        retries: int = 0,
+        result_ttl: float | timedelta | None = None,
+        ignore_result: bool = False,
+        expires: float | timedelta | None = None,
+        serializer: str | None = None,
+        track_started: bool | None = None,
+        **unknown: Never,
+    ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+        """Register a function as a task: ``@app.task`` or ``@app.task(option=...)``.
+
+        Args:
+            fn: The function (when used without parentheses).
+            name: The task's name; default ``module.function``.
+            queue: Its queue; default the app's ``default_queue``.
+            priority: 0 (lowest) to 9 (highest); default the app's ``default_priority``.
+            retries: Automatic retries when it raises.
+            result_ttl: Seconds (or timedelta) its results are kept; default ``result_ttl_s``.
+            ignore_result: Store no result (``get()`` then raises ResultIgnoredError).
+            expires: Revoke a call not started this long after it was sent.
+            serializer: ``msgpack`` or ``cloudpickle``; default the app's ``serializer``.
+            track_started: Record the STARTED state; default the app's ``track_started``.
+
+        Raises:
+            ConfigurationError: An option is unknown (with a suggestion) or has a bad value, or
+                another task already has this name.
+        """
+        if unknown:
+            raise ConfigurationError(_unknown_options(unknown))
+
+        def register(func: Callable[P, R]) -> Task[P, R]:
+            task = Task(
+                self,
+                func,
+                name=name or _default_name(func),
+                queue=queue,
+                priority=priority,
+                retries=retries,
+                result_ttl=result_ttl,
+                ignore_result=ignore_result,
+                expires=expires,
+                serializer=serializer,
+                track_started=track_started,
+            )
+            if queue is not None:
+                self.keys.queue(queue)  # checks the name now, not at the first delay()
+            existing = self.tasks.get(task.name)
+            if existing is not None and existing.fn is not func:
+                raise ConfigurationError(f"a task named {task.name!r} is already registered")
+            self.tasks[task.name] = task
+            return task
+
+        return register if fn is None else register(fn)
+
+    def get_task(self, name: str) -> Task[Any, Any]:
+        """The registered task called ``name``.
+
+        Raises:
+            TaskNotRegisteredError: No task has this name.
+        """
+        try:
+            return self.tasks[name]
+        except KeyError:
+            raise TaskNotRegisteredError(f"no task named {name!r} is registered") from None
+
+    def send_task(
+        self,
+        name: str,
+        args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        countdown: float | timedelta | None = None,
+        eta: datetime | float | None = None,
+        expires: float | timedelta | datetime | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        task_id: str | None = None,
+    ) -> AsyncResult[Any]:
+        """Send a task by name, without importing its function.
+
+        When the task is registered here, its options (queue, priority, serializer ...) apply;
+        otherwise the app's defaults do. The options are those of ``Task.apply_async``.
+        """
+        opts: OptionsLike = {
+            "countdown": countdown,
+            "eta": eta,
+            "expires": expires,
+            "priority": priority,
+            "queue": queue,
+            "task_id": task_id,
+        }
+        task = self.tasks.get(name)
+        call = Call.build(self, task or name, tuple(args), dict(kwargs or {}), opts)
+        self.broker.enqueue(call.queue, [call.item])
+        return AsyncResult(call.task_id, self, ignored=bool(task and task.ignore_result))
+
+    def AsyncResult(self, task_id: str) -> AsyncResult[Any]:  # noqa: N802 - Celery's name
+        """A handle on the result of task ``task_id``."""
+        return AsyncResult(task_id, self)
+
+    def import_includes(self) -> None:
+        """Import the modules named in ``include`` (workers do, to register their tasks)."""
+        for module in self.include:
+            importlib.import_module(module)
+
+    def describe(self) -> dict[str, Any]:
+        """Settings as a plain dict (the broker password masked), for banners and debugging."""
+        from omnitask.config import mask_url
+
+        data: dict[str, Any] = msgspec.structs.asdict(self.conf)
+        data["broker_url"] = mask_url(self.conf.broker_url)
+        if self.conf.result_backend:
+            data["result_backend"] = mask_url(self.conf.result_backend)
+        return data
+
+
+def _default_name(func: Callable[..., Any]) -> str:
+    module = func.__module__
+    if module == "__main__":
+        # A script run directly: name its tasks as the module a worker would import.
+        main = sys.modules["__main__"]
+        spec = getattr(main, "__spec__", None)
+        if spec is not None and spec.name:
+            module = spec.name
+        else:
+            path = getattr(main, "__file__", None) or "__main__"
+            module = path.rsplit("/", 1)[-1].removesuffix(".py")
+    return f"{module}.{getattr(func, '__qualname__', func.__name__)}"
+
+
+def _unknown_options(unknown: Mapping[str, object]) -> str:
+    parts = []
+    for key in sorted(unknown):
+        close = difflib.get_close_matches(key, _TASK_OPTIONS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        parts.append(f"{key!r}{hint}")
+    return f"unknown task option(s) {', '.join(parts)}; options are: {', '.join(_TASK_OPTIONS)}"

@@ -1,0 +1,291 @@
+"""The only code that talks to Redis: runs the scripts and MULTI blocks of the protocol."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import redis
+from redis.exceptions import NoScriptError
+
+from omnitask.broker import commands as cmd
+from omnitask.broker.keys import WAKE_TOKENS_MAX, Keyspace, QueueKeys
+from omnitask.broker.scripts import CLAIM, RENEW, REQUEUE, SCRIPTS, Script
+from omnitask.config import Config
+
+__all__ = ("Broker", "Claim", "Claimed")
+
+logger = logging.getLogger(__name__)
+
+PROMOTE_MAX = 1000
+"""Delayed envelopes promoted per claim at most (Lua's unpack() has a stack limit near 8000)."""
+
+class Claimed(NamedTuple):
+    """One claimed envelope and how many times it was handed back after a worker died."""
+
+    body: bytes
+    deliveries: int
+
+class Claim(NamedTuple):
+    """What a claim returned: the server time, the next delayed due time, the envelopes."""
+
+    now_ms: int
+    next_due_ms: int | None
+    tasks: list[Claimed]
+
+def _parse_claim(reply: Sequence[Any]) -> Claim:
+    due = int(reply[1])
+    tasks = [Claimed(reply[i], int(reply[i + 1])) for i in range(2, len(reply), 2)]
+    return Claim(int(reply[0]), None if due < 0 else due, tasks)
+
+class Broker:
+    """A synchronous connection to an app's Redis (and result backend), speaking the protocol.
+
+    Creating one opens nothing; connections are made on first use. Safe to use from one thread
+    at a time per method call (redis-py's pool hands each call its own connection).
+    """
+
+    def __init__(self, config: Config, keys: Keyspace) -> None:
+        """Prepare clients for ``config.broker_url`` and ``config.result_url``."""
+        self.config = config
+        self.keys = keys
+        self.redis = self._client(config.broker_url)
+        self.shared_results = config.result_url == config.broker_url
+        self.results = self.redis if self.shared_results else self._client(config.result_url)
+        self._known_queues: set[str] = set()
+
+    def _client(self, url: str) -> redis.Redis:
+        return redis.Redis.from_url(
+            url,
+            socket_connect_timeout=self.config.connect_timeout_s,
+            socket_keepalive=True,
+        )
+
+    def close(self) -> None:
+        """Close every connection (they reopen on next use)."""
+        self.redis.close()
+        if not self.shared_results:
+            self.results.close()
+
+    def ping(self) -> None:
+        """Round trip to the broker (and result backend), raising if either is unreachable."""
+        self.redis.ping()
+        if not self.shared_results:
+            self.results.ping()
+
+    # -- running scripts and MULTI blocks -------------------------------------------------
+
+    def _eval(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return self.redis.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            # First use on this server, or it restarted and forgot its script cache.
+            self.load_scripts()
+            return self.redis.evalsha(script.sha, len(keys), *keys, *args)
+
+    def load_scripts(self) -> None:
+        """Load every script into the broker's script cache."""
+        for script in SCRIPTS:
+            self.redis.script_load(script.source)
+
+    def run(self, commands: Sequence[cmd.Command]) -> list[Any]:
+        """Run ``commands`` on the broker in one MULTI (one atomic step)."""
+        return self._multi(self.redis, commands)
+
+    def _multi(self, client: redis.Redis, commands: Sequence[cmd.Command]) -> list[Any]:
+        pipe = client.pipeline(transaction=True)
+        for command in commands:
+            pipe.execute_command(*command)
+        return pipe.execute()
+
+    def _write(
+        self, result: list[cmd.Command], commands: list[cmd.Command]
+    ) -> list[Any]:
+        """Run ``result`` and ``commands`` atomically, or result first on a separate backend."""
+        if self.shared_results:
+            return self._multi(self.redis, commands + result)
+        if result:
+            self._multi(self.results, result)
+        return self._multi(self.redis, commands)
+
+    # -- transitions ------------------------------------------------------------------------
+
+    def enqueue(
+        self, queue: str, envelopes: Sequence[tuple[bytes, int, int | None, str, str]]
+    ) -> None:
+        """Queue envelopes (``bytes, priority, due ms or None, id, name``) in one MULTI."""
+        qk = self.keys.queue(queue)
+        commands = cmd.enqueue(qk, envelopes, self.keys.events, self._events_maxlen)
+        if queue not in self._known_queues:
+            commands.append(("SADD", self.keys.queues, queue))
+        self._multi(self.redis, commands)
+        self._known_queues.add(queue)
+
+    @property
+    def _events_maxlen(self) -> int:
+        return self.config.events_maxlen if self.config.events else 0
+
+    def _claim_args(self, qk: QueueKeys, consumer: str, n: int) -> tuple[list[str], list[Any]]:
+        keys = [qk.delayed, qk.proc(consumer), qk.consumers, qk.deliveries, qk.wake]
+        keys += [self.keys.events, *qk.ready]
+        args = [
+            n,
+            consumer,
+            int(self.config.lease_s * 1000),
+            self._events_maxlen,
+            qk.name,
+            self.config.default_priority,
+            PROMOTE_MAX,
+            WAKE_TOKENS_MAX,
+        ]
+        return keys, args
+
+    def claim(self, queue: str, consumer: str, n: int = 1) -> Claim:
+        """Claim up to ``n`` tasks of ``queue`` for ``consumer`` (highest priority first)."""
+        keys, args = self._claim_args(self.keys.queue(queue), consumer, n)
+        return _parse_claim(self._eval(CLAIM, keys, args))
+
+    def ack(
+        self,
+        queue: str,
+        consumer: str,
+        body: bytes,
+        task_id: str,
+        result: tuple[bytes, int] | None,
+        final_event: cmd.Command | None,
+        claim_next: int = 0,
+    ) -> tuple[bool, Claim | None]:
+        """Finish a task (store its result record with a TTL in ms) and claim the next ones.
+
+        Returns whether the consumer still held the task (False: its lease expired and the task
+        went to another worker) and, when ``claim_next`` > 0, the claim made in the same step.
+        """
+        qk = self.keys.queue(queue)
+        result_cmds = self._result_commands(task_id, result)
+        commands = cmd.ack(qk, consumer, body, task_id, final_event)
+        if claim_next and self.shared_results:
+            keys, args = self._claim_args(qk, consumer, claim_next)
+            claim: cmd.Command = ("EVALSHA", CLAIM.sha, len(keys), *keys, *args)
+            pipe = self.redis.pipeline(transaction=True)
+            for command in (*commands, *result_cmds, claim):
+                pipe.execute_command(*command)
+            replies = pipe.execute(raise_on_error=False)
+            reply = replies[-1]
+            if isinstance(reply, NoScriptError):
+                return bool(replies[0]), self.claim(queue, consumer, claim_next)
+            if isinstance(reply, Exception):
+                raise reply
+            return bool(replies[0]), _parse_claim(reply)
+        replies = self._write(result_cmds, commands)
+        return bool(replies[0]), (self.claim(queue, consumer, claim_next) if claim_next else None)
+
+    def _result_commands(
+        self, task_id: str, result: tuple[bytes, int] | None
+    ) -> list[cmd.Command]:
+        if result is None:
+            return [("DEL", self.keys.state(task_id))]
+        record, ttl_ms = result
+        return cmd.store_result(self.keys.result(task_id), self.keys.state(task_id), record, ttl_ms)
+
+    def bury(
+        self,
+        queue: str,
+        consumer: str | None,
+        body: bytes,
+        fields: Sequence[str | bytes],
+        task_id: str | None,
+        result: tuple[bytes, int] | None,
+        rejected_event: cmd.Command | None,
+    ) -> None:
+        """Move a message to the queue's dead letters; with a task id, record its failure."""
+        qk = self.keys.queue(queue)
+        commands = cmd.bury(
+            qk, consumer, body, fields, self.config.dead_letter_maxlen, task_id, rejected_event
+        )
+        result_cmds = self._result_commands(task_id, result) if task_id else []
+        self._write(result_cmds, commands)
+
+    def retry(
+        self,
+        queue: str,
+        consumer: str,
+        body: bytes,
+        new_body: bytes,
+        priority: int,
+        due_ms: int | None,
+        task_id: str,
+        state: tuple[bytes, int],
+        retried_event: cmd.Command | None,
+    ) -> None:
+        """Put a failed task back (now or at ``due_ms``) and record its RETRY state."""
+        qk = self.keys.queue(queue)
+        commands = cmd.retry(qk, consumer, body, new_body, priority, due_ms, task_id, retried_event)
+        record, ttl_ms = state
+        self._write(cmd.set_state(self.keys.state(task_id), record, ttl_ms), commands)
+
+    def set_state(self, task_id: str, record: bytes, ttl_ms: int) -> None:
+        """Record a non-final state (STARTED, RETRY, progress) of a task."""
+        self._multi(self.results, cmd.set_state(self.keys.state(task_id), record, ttl_ms))
+
+    def requeue(
+        self, queue: str, consumer: str, *, count_delivery: bool, only_if_expired: bool = False
+    ) -> int:
+        """Hand ``consumer``'s in-flight tasks on ``queue`` back; see ``lua/requeue.lua``."""
+        qk = self.keys.queue(queue)
+        keys = [qk.proc(consumer), qk.consumers, qk.deliveries, qk.wake, *qk.ready]
+        args = [
+            consumer,
+            int(count_delivery),
+            int(only_if_expired),
+            self.config.default_priority,
+            WAKE_TOKENS_MAX,
+        ]
+        return int(self._eval(REQUEUE, keys, args))
+
+    def renew(self, queue: str, consumers: Sequence[str], expired_max: int = 16) -> list[str]:
+        """Extend ``consumers``' leases on ``queue``; return consumers whose lease expired."""
+        qk = self.keys.queue(queue)
+        args = [int(self.config.lease_s * 1000), expired_max, *consumers]
+        return [c.decode() for c in self._eval(RENEW, [qk.consumers], args)]
+
+    def wait_wake(self, queues: Sequence[str], timeout_s: float) -> bool:
+        """Block until a wake token arrives on one of ``queues`` or ``timeout_s`` passes."""
+        wake = [self.keys.queue(q).wake for q in queues]
+        return self.redis.blpop(wake, timeout=max(timeout_s, 0.001)) is not None
+
+    # -- results ----------------------------------------------------------------------------
+
+    def read_state(self, task_id: str) -> tuple[bytes | None, bytes | None]:
+        """Return the final result record and the latest non-final state record, if any."""
+        pipe = self.results.pipeline(transaction=False)
+        pipe.lindex(self.keys.result(task_id), 0)
+        pipe.get(self.keys.state(task_id))
+        final, state = pipe.execute()
+        return final, state
+
+    def wait_result(self, task_id: str, timeout_s: float | None) -> bytes | None:
+        """Wait for the final result record without polling: BLMOVE of the list onto itself.
+
+        The record stays in place, so any number of waiters wake when it lands. Returns None
+        on timeout.
+        """
+        key = self.keys.result(task_id)
+        timeout = 0 if timeout_s is None else max(timeout_s, 0.001)
+        reply: bytes | None = self.results.blmove(key, key, timeout, "RIGHT", "LEFT")
+        return reply
+
+    def forget(self, task_id: str) -> None:
+        """Delete a task's result and state records."""
+        self.results.delete(self.keys.result(task_id), self.keys.state(task_id))
+
+    def queue_lengths(self, queue: str) -> list[int]:
+        """Ready tasks of ``queue`` per priority, index = priority."""
+        pipe = self.redis.pipeline(transaction=False)
+        for key in self.keys.queue(queue).ready:
+            pipe.llen(key)
+        return [int(n) for n in pipe.execute()]
+
+    def ready_count(self, queue: str) -> int:
+        """Ready tasks of ``queue`` over every priority."""
+        return sum(self.queue_lengths(queue))

@@ -1,0 +1,111 @@
+"""Every Redis key omnitask uses, built in one place.
+
+This docstring is the key schema. ``P`` is the key prefix (``ot`` by default), ``A`` the app name,
+``Q`` a queue name. Keys of one queue share the hash tag ``{A:Q}`` and app-wide keys the tag
+``{A}``, so each atomic step touches one Redis Cluster slot per tag.
+
+| key | type | holds | bound |
+|---|---|---|---|
+| ``P:{A:Q}:0`` .. ``P:{A:Q}:9`` | LIST | envelopes ready to run, one list per priority (9 runs first), FIFO within | consumed |
+| ``P:{A:Q}:delayed`` | ZSET | envelopes due later, score = due time (unix ms) | consumed |
+| ``P:{A:Q}:proc:<consumer>`` | LIST | envelopes a worker child has claimed and not yet acknowledged | its concurrency |
+| ``P:{A:Q}:consumers`` | ZSET | consumer (worker child) ids, score = lease deadline (server ms) | one per live child |
+| ``P:{A:Q}:deliveries`` | HASH | task id -> times it was handed back after its consumer died | deleted on ack |
+| ``P:{A:Q}:wake`` | LIST | tokens that wake idle workers blocked in BLPOP | ``WAKE_TOKENS_MAX`` |
+| ``P:{A:Q}:dead`` | STREAM | dead letters: envelope, reason, error, attempts | count and age |
+| ``P:{A}:r:<task id>`` | LIST | the final result record (one element; ``get()`` waits on it) | result TTL |
+| ``P:{A}:s:<task id>`` | STRING | the latest non-final state (STARTED, RETRY, progress) | result TTL |
+| ``P:{A}:events`` | STREAM | lifecycle events | ``events_maxlen`` (approx.) |
+| ``P:{A}:queues`` | SET | names of the queues the app has used | its queues |
+| ``P:{A}:workers`` | ZSET | live worker names, score = last heartbeat (unix ms) | pruned on read |
+
+Envelopes sit inline in the ready lists (about 100 bytes of Redis memory each) instead of a
+ZSET of ids plus a HASH of bodies (about 350 bytes), which is why priorities are ten lists.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ("PRIORITY_LEVELS", "WAKE_TOKENS_MAX", "Keyspace", "QueueKeys", "check_name")
+
+PRIORITY_LEVELS = 10
+"""Priorities are the integers ``0 .. PRIORITY_LEVELS - 1``; higher runs first."""
+
+WAKE_TOKENS_MAX = 64
+"""How many wake tokens a queue keeps at most: enough to wake every idle child of a large pool
+at once, small enough that stale tokens cost idle workers only a few empty claims."""
+
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+def check_name(kind: str, value: str) -> str:
+    """Return ``value`` if it is a valid app, queue or prefix name, else raise ValueError.
+
+    Names are restricted so that they can never break the hash tags or the ``:`` separators.
+    """
+    if not _NAME.match(value):
+        raise ValueError(
+            f"{kind} {value!r} is not valid: use letters, digits, '_', '.' and '-' only"
+        )
+    return value
+
+
+class QueueKeys:
+    """The keys of one queue; every script that changes a queue's state gets them from here."""
+
+    __slots__ = (
+        "consumers",
+        "dead",
+        "delayed",
+        "deliveries",
+        "name",
+        "ready",
+        "wake",
+        "_base",
+    )
+
+    def __init__(self, base: str, name: str) -> None:
+        """Build the key names of queue ``name`` under ``base`` (``P:{A:Q}``)."""
+        self.name = name
+        self._base = base
+        self.ready: tuple[str, ...] = tuple(f"{base}:{p}" for p in range(PRIORITY_LEVELS))
+        self.delayed = f"{base}:delayed"
+        self.consumers = f"{base}:consumers"
+        self.deliveries = f"{base}:deliveries"
+        self.wake = f"{base}:wake"
+        self.dead = f"{base}:dead"
+
+    def proc(self, consumer: str) -> str:
+        """The in-flight list of one consumer (a worker child) on this queue."""
+        return f"{self._base}:proc:{consumer}"
+
+
+class Keyspace:
+    """Builds every key of one app. Construct it once per app; it caches per-queue key sets."""
+
+    def __init__(self, prefix: str, app: str) -> None:
+        """Use ``prefix`` and the app name ``app`` (both checked with :func:`check_name`)."""
+        self.prefix = check_name("key prefix", prefix)
+        self.app = check_name("app name", app)
+        self._app_base = f"{prefix}:{{{app}}}"
+        self.events = f"{self._app_base}:events"
+        self.queues = f"{self._app_base}:queues"
+        self.workers = f"{self._app_base}:workers"
+        self._queues: dict[str, QueueKeys] = {}
+
+    def queue(self, name: str) -> QueueKeys:
+        """The keys of queue ``name``."""
+        keys = self._queues.get(name)
+        if keys is None:
+            check_name("queue name", name)
+            keys = self._queues[name] = QueueKeys(f"{self.prefix}:{{{self.app}:{name}}}", name)
+        return keys
+
+    def result(self, task_id: str) -> str:
+        """The list that holds a task's final result record."""
+        return f"{self._app_base}:r:{task_id}"
+
+    def state(self, task_id: str) -> str:
+        """The string that holds a task's latest non-final state."""
+        return f"{self._app_base}:s:{task_id}"

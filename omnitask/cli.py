@@ -1,0 +1,151 @@
+"""The ``omnitask`` command: parses arguments, builds settings, and calls one function."""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from omnitask import __version__
+from omnitask.app import OmniTask
+from omnitask.config import mask_url
+from omnitask.errors import OmnitaskError
+from omnitask.loader import load_app
+
+__all__ = ("ExitCode", "main")
+
+
+class ExitCode(enum.IntEnum):
+    """Exit codes of the ``omnitask`` command."""
+
+    OK = 0
+    ERROR = 1
+    USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="omnitask", description="omnitask task queue")
+    parser.add_argument("--version", action="version", version=f"omnitask {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    worker = sub.add_parser("worker", help="run a worker", description="Run a worker.")
+    _app_arg(worker)
+    worker.add_argument(
+        "-c", "--concurrency", type=int, help="child processes (default: one per CPU)"
+    )
+    worker.add_argument(
+        "-Q", "--queues", help="comma-separated queues to consume (default: the default queue)"
+    )
+    worker.add_argument("-n", "--hostname", help="worker name (default: host:pid)")
+    worker.add_argument(
+        "--shutdown-timeout", type=float, help="seconds running tasks get on SIGTERM"
+    )
+    worker.add_argument("--lease", type=float, help="lease seconds (see docs: reliability)")
+    _log_arg(worker)
+
+    events = sub.add_parser(
+        "events", help="print lifecycle events", description="Print lifecycle events live."
+    )
+    _app_arg(events)
+    events.add_argument("--replay", action="store_true", help="start with the kept events")
+    events.add_argument("--json", action="store_true", help="one JSON object per line")
+    events.add_argument(
+        "--timeout", type=float, help="stop after this many seconds without events"
+    )
+    _log_arg(events)
+    return parser
+
+
+def _app_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-A", "--app", required=True, help="the app: module or module:attribute"
+    )
+
+
+def _log_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-l",
+        "--loglevel",
+        default="info",
+        choices=["debug", "info", "warning", "error", "critical"],
+        type=str.lower,
+        help="log level (default: info)",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``omnitask`` command with ``argv`` and return its exit code."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.loglevel.upper(),
+        format="[%(asctime)s %(levelname)s %(processName)s] %(name)s: %(message)s",
+    )
+    try:
+        app = load_app(args.app)
+        if args.command == "worker":
+            return _worker(app, args)
+        return _events(app, args)
+    except OmnitaskError as exc:
+        print(f"omnitask: error: {exc}", file=sys.stderr)  # noqa: T201
+        return ExitCode.ERROR
+    except KeyboardInterrupt:
+        return ExitCode.OK
+
+
+def _worker(app: OmniTask, args: argparse.Namespace) -> int:
+    from omnitask.worker.supervisor import Supervisor
+
+    settings: dict[str, object] = {}
+    if args.concurrency is not None:
+        settings["worker_concurrency"] = args.concurrency
+    if args.shutdown_timeout is not None:
+        settings["shutdown_timeout_s"] = args.shutdown_timeout
+    if args.lease is not None:
+        settings["lease_s"] = args.lease
+    if settings:
+        app.configure(**settings)
+    app.import_includes()
+    queues = [q.strip() for q in (args.queues or app.conf.default_queue).split(",") if q.strip()]
+    for queue in queues:
+        app.keys.queue(queue)
+    app.connect()
+    supervisor = Supervisor(app, queues, app.conf.concurrency, name=args.hostname, app_spec=args.app)
+    print(_banner(app, supervisor.name, queues, app.conf.concurrency), flush=True)  # noqa: T201
+    return supervisor.run()
+
+
+def _banner(app: OmniTask, name: str, queues: Sequence[str], concurrency: int) -> str:
+    conf = app.conf
+    results = "same Redis as broker" if conf.result_backend is None else mask_url(conf.result_url)
+    lines = [
+        f"omnitask {__version__} worker {name}",
+        f"  app:         {app.main}",
+        f"  broker:      {mask_url(conf.broker_url)}",
+        f"  results:     {results} (ttl {conf.result_ttl_s:g} s)",
+        f"  queues:      {', '.join(queues)}",
+        f"  concurrency: {concurrency} processes",
+        f"  lease:       {conf.lease_s:g} s",
+        "  tasks:",
+        *(f"    . {name}" for name in sorted(app.tasks)),
+    ]
+    if not app.tasks:
+        lines.append("    (none registered: check -A and include=)")
+    return "\n".join(lines)
+
+
+def _events(app: OmniTask, args: argparse.Namespace) -> int:
+    for event in app.events.follow(replay=args.replay, timeout_s=args.timeout):
+        if args.json:
+            line = json.dumps(event.as_dict())
+        else:
+            who = " ".join(
+                f"{k}={v}"
+                for k, v in event.as_dict().items()
+                if k not in ("kind", "time")
+            )
+            line = f"{event.time.isoformat(timespec='milliseconds')} {event.kind:<16} {who}"
+        print(line, flush=True)  # noqa: T201
+    return ExitCode.OK

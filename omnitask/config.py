@@ -1,0 +1,164 @@
+"""Settings: one frozen struct, every default defined here once.
+
+Precedence, highest first: keywords given to ``OmniTask(...)`` or ``app.configure(...)`` (and
+worker CLI flags, which are keywords too), then ``OMNITASK_<SETTING>`` environment variables,
+then the defaults below. A bad value fails when the app is created, naming the setting.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import msgspec
+
+from omnitask.broker.keys import check_name
+from omnitask.errors import ConfigurationError
+from omnitask.serialization import SERIALIZER_NAMES
+
+__all__ = ("ENV_PREFIX", "Config", "load_config", "mask_url")
+
+ENV_PREFIX = "OMNITASK_"
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True):
+    """Every setting of an app, with its default.
+
+    Attributes:
+        broker_url: Redis URL of the broker (``redis://``, ``rediss://`` or ``unix://``).
+        result_backend: Redis URL for results; None stores them in the broker's Redis.
+        key_prefix: First part of every Redis key; apps with different names never collide.
+        default_queue: Queue of tasks that name none.
+        default_priority: Priority (0-9, higher first) of tasks that give none.
+        serializer: Serializer of arguments and results: ``msgpack`` or ``cloudpickle``.
+        result_ttl_s: Seconds a result is kept after the task finished.
+        track_started: Record the STARTED state when a task starts (one more write per task).
+        lease_s: Seconds a worker's claim on its running tasks lasts without renewal; a worker
+            that dies has its tasks delivered again after at most this long. Renewed every
+            ``lease_s / 3`` while the worker lives.
+        max_deliveries: A task whose worker process died this many times while running it is
+            dead-lettered instead of delivered again (a poison pill).
+        events: Publish lifecycle events to the event stream.
+        events_maxlen: Approximate number of events kept in the stream.
+        dead_letter_maxlen: Approximate number of dead letters kept per queue.
+        worker_concurrency: Child processes per worker; 0 means one per CPU.
+        shutdown_timeout_s: On SIGTERM, seconds running tasks get to finish before they are
+            stopped and handed back to the queue.
+        heartbeat_interval_s: Seconds between worker heartbeats (events and the worker list).
+        connect_timeout_s: Seconds to wait for a TCP connection to Redis.
+    """
+
+    broker_url: str = "redis://localhost:6379/0"
+    result_backend: str | None = None
+    key_prefix: str = "ot"
+    default_queue: str = "default"
+    default_priority: int = 5
+    serializer: str = "msgpack"
+    result_ttl_s: float = 86_400.0
+    track_started: bool = False
+    lease_s: float = 30.0
+    max_deliveries: int = 5
+    events: bool = True
+    events_maxlen: int = 10_000
+    dead_letter_maxlen: int = 10_000
+    worker_concurrency: int = 0
+    shutdown_timeout_s: float = 30.0
+    heartbeat_interval_s: float = 2.0
+    connect_timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        """Check values that a type alone cannot (msgspec reports these with the field name)."""
+        _check_url(self.broker_url)
+        if self.result_backend is not None:
+            _check_url(self.result_backend)
+        check_name("key_prefix", self.key_prefix)
+        check_name("default_queue", self.default_queue)
+        if not 0 <= self.default_priority <= 9:
+            raise ValueError("must be between 0 and 9")
+        if self.serializer not in SERIALIZER_NAMES:
+            raise ValueError(f"must be one of {', '.join(SERIALIZER_NAMES)}")
+        for name in (
+            "result_ttl_s",
+            "lease_s",
+            "heartbeat_interval_s",
+            "connect_timeout_s",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be greater than 0")
+        for name in ("max_deliveries", "events_maxlen", "dead_letter_maxlen"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.worker_concurrency < 0 or self.shutdown_timeout_s < 0:
+            raise ValueError("worker_concurrency and shutdown_timeout_s must not be negative")
+
+    @property
+    def result_url(self) -> str:
+        """The Redis URL results are stored in."""
+        return self.result_backend or self.broker_url
+
+    @property
+    def concurrency(self) -> int:
+        """Child processes per worker, with 0 resolved to the number of CPUs."""
+        return self.worker_concurrency or os.cpu_count() or 1
+
+
+_FIELDS = frozenset(Config.__struct_fields__)
+
+
+def _check_url(url: str) -> None:
+    scheme = urlsplit(url).scheme
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f"{mask_url(url)!r} is not a redis://, rediss:// or unix:// URL")
+
+
+def load_config(
+    settings: Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> Config:
+    """Build a Config from explicit ``settings`` over ``OMNITASK_*`` variables over defaults.
+
+    Raises:
+        ConfigurationError: A setting is unknown or has a bad value; the message names it and,
+            for a value read from the environment, the variable.
+    """
+    env = os.environ if environ is None else environ
+    unknown = sorted(set(settings) - _FIELDS)
+    if unknown:
+        raise ConfigurationError(
+            f"unknown setting(s) {', '.join(unknown)}; known settings: {', '.join(sorted(_FIELDS))}"
+        )
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for name in Config.__struct_fields__:
+        var = ENV_PREFIX + name.upper()
+        if name in settings and settings[name] is not None:
+            merged[name] = settings[name]
+        elif var in env:
+            merged[name] = env[var]
+            origin[name] = var
+    try:
+        return msgspec.convert(merged, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigurationError(_explain(str(exc), origin)) from None
+
+
+def _explain(message: str, origin: Mapping[str, str]) -> str:
+    # msgspec says "... - at `$.lease_s`"; turn that into the setting's name and source.
+    text, _, where = message.rpartition(" - at `$.")
+    name = where.rstrip("`")
+    if not text or name not in _FIELDS:
+        return f"invalid configuration: {message}"
+    source = f" (from environment variable {origin[name]})" if name in origin else ""
+    return f"invalid setting {name}{source}: {text}"
+
+
+def mask_url(url: str) -> str:
+    """Return ``url`` with its password replaced by ``***`` (for logs and banners)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))

@@ -1,0 +1,138 @@
+"""The wire format: msgspec Structs for what omnitask stores in Redis.
+
+Both structs are ``array_like`` (a msgpack array, no field names), which halves their size. The
+order of the first fields of :class:`Envelope` is part of the protocol: the Lua scripts read the
+priority as the third byte of an envelope (fixarray header, version, priority) and the task id
+and name as the two strings after it, without decoding the rest. New fields are only ever
+appended, with defaults, and :data:`PROTOCOL_VERSION` changes when the layout does.
+"""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+
+from omnitask.errors import MessageError
+
+__all__ = (
+    "PROTOCOL_VERSION",
+    "Envelope",
+    "ResultRecord",
+    "decode_envelope",
+    "decode_result",
+    "encode_envelope",
+    "encode_result_record",
+    "now_ms",
+)
+
+PROTOCOL_VERSION = 1
+
+
+class Envelope(msgspec.Struct, array_like=True, frozen=True, omit_defaults=True):
+    """One task message: what to run, with what, and when.
+
+    Attributes:
+        v: Protocol version (:data:`PROTOCOL_VERSION`).
+        priority: 0 (lowest) to 9 (highest).
+        id: The task id.
+        task: The registered task name.
+        payload: ``[args, kwargs]`` encoded by the serializer below.
+        serializer: Wire code of the payload's serializer (see ``omnitask.serialization``).
+        sent_ms: When the client sent it (unix ms).
+        eta_ms: Not before this time (unix ms), or None to run now.
+        expires_ms: Not after this time (unix ms): a task not started by then is revoked.
+        retries: How many times the task has been retried so far.
+    """
+
+    v: int
+    priority: int
+    id: str
+    task: str
+    payload: bytes
+    serializer: int
+    sent_ms: int
+    eta_ms: int | None = None
+    expires_ms: int | None = None
+    retries: int = 0
+
+
+class ResultRecord(msgspec.Struct, array_like=True, frozen=True, omit_defaults=True):
+    """A task's state as stored in Redis, final (``r:`` key) or not (``s:`` key).
+
+    Attributes:
+        state: One of the ``TaskState`` names.
+        date_ms: When this state was reached (unix ms).
+        task: The task name.
+        value: The encoded return value (SUCCESS) or progress metadata.
+        serializer: Wire code of ``value``'s and ``exc_args``' serializer.
+        exc_type: Dotted name of the exception type (FAILURE, RETRY).
+        exc_message: ``str()`` of the exception.
+        exc_args: The exception's ``args``, encoded, when they could be.
+        traceback: The formatted traceback.
+        worker: The consumer (worker child) that produced the state.
+        runtime_s: Seconds the task body ran.
+        retries: Retries done when this state was written.
+    """
+
+    state: str
+    date_ms: int
+    task: str
+    value: bytes | None = None
+    serializer: int = 0
+    exc_type: str | None = None
+    exc_message: str | None = None
+    exc_args: bytes | None = None
+    traceback: str | None = None
+    worker: str | None = None
+    runtime_s: float | None = None
+    retries: int = 0
+
+
+_envelope_encoder = msgspec.msgpack.Encoder()
+_envelope_decoder = msgspec.msgpack.Decoder(Envelope)
+_result_decoder = msgspec.msgpack.Decoder(ResultRecord)
+
+
+def now_ms() -> int:
+    """The current unix time in milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+def encode_envelope(envelope: Envelope) -> bytes:
+    """Encode an envelope for Redis."""
+    return _envelope_encoder.encode(envelope)
+
+
+def decode_envelope(data: bytes) -> Envelope:
+    """Decode an envelope read from Redis.
+
+    Raises:
+        MessageError: The bytes are not an envelope of this protocol version.
+    """
+    try:
+        envelope = _envelope_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise MessageError(f"not an omnitask message: {exc}") from None
+    if envelope.v != PROTOCOL_VERSION:
+        raise MessageError(f"unsupported protocol version {envelope.v}")
+    if not 0 <= envelope.priority <= 9:
+        raise MessageError(f"priority {envelope.priority} out of range")
+    return envelope
+
+
+def encode_result_record(record: ResultRecord) -> bytes:
+    """Encode a result record for Redis."""
+    return _envelope_encoder.encode(record)
+
+
+def decode_result(data: bytes) -> ResultRecord:
+    """Decode a result record read from Redis.
+
+    Raises:
+        MessageError: The bytes are not a result record.
+    """
+    try:
+        return _result_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise MessageError(f"not an omnitask result record: {exc}") from None

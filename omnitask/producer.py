@@ -1,0 +1,156 @@
+"""Turning one call of a task into an envelope: checking options, encoding arguments."""
+
+from __future__ import annotations
+
+import math
+import os
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
+
+from omnitask.errors import ConfigurationError
+from omnitask.messages import PROTOCOL_VERSION, Envelope, encode_envelope, now_ms
+from omnitask.serialization import encode_call, get_serializer
+
+if TYPE_CHECKING:
+    from omnitask.app import OmniTask
+    from omnitask.task import Task
+
+__all__ = ("Call", "OptionsLike", "check_priority", "new_task_id", "seconds")
+
+TASK_ID_MAX = 200
+
+
+class OptionsLike(TypedDict, total=False):
+    """Per-call options of ``apply_async`` / ``send_task``."""
+
+    countdown: float | timedelta | None
+    eta: datetime | float | None
+    expires: float | timedelta | datetime | None
+    priority: int | None
+    queue: str | None
+    task_id: str | None
+
+
+def new_task_id() -> str:
+    """A new random task id: 32 hex digits (128 random bits, like a UUID4 without dashes)."""
+    return os.urandom(16).hex()
+
+
+def check_priority(priority: object) -> int:
+    """Return ``priority`` if it is an int from 0 to 9.
+
+    Raises:
+        ConfigurationError: It is not.
+    """
+    if type(priority) is not int or not 0 <= priority <= 9:
+        raise ConfigurationError(f"priority must be an int from 0 to 9, got {priority!r}")
+    return priority
+
+
+def seconds(option: str, value: object) -> float:
+    """A non-negative duration given as seconds or a timedelta, in seconds.
+
+    Raises:
+        ConfigurationError: ``value`` is neither, negative, or not finite.
+    """
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(f"{option} must be seconds or a timedelta, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ConfigurationError(f"{option} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _timestamp_ms(option: str, value: object) -> int:
+    if isinstance(value, datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ConfigurationError(
+                f"{option} must be a timezone-aware datetime (e.g. datetime.now(timezone.utc)) "
+                f"or a unix timestamp, got the naive {value!r}"
+            )
+        return int(value.timestamp() * 1000)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigurationError(f"{option} must be an aware datetime or a unix timestamp")
+    return int(value * 1000)
+
+
+class Call(NamedTuple):
+    """One call, ready for the broker: its queue, its id and the enqueue item."""
+
+    queue: str
+    task_id: str
+    item: tuple[bytes, int, int | None, str, str]
+
+    @classmethod
+    def build(
+        cls,
+        app: OmniTask,
+        task: Task[Any, Any] | str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: OptionsLike,
+    ) -> Call:
+        """Check ``options`` against the task's defaults and encode the call.
+
+        ``task`` is a Task, or a task name (``send_task``) that uses the app's defaults.
+
+        Raises:
+            ConfigurationError: An option has a bad value.
+            SerializationError: An argument cannot be serialized.
+        """
+        if isinstance(task, str):
+            name, queue, priority, expires_s, serializer = (
+                task,
+                app.conf.default_queue,
+                app.conf.default_priority,
+                None,
+                app.conf.serializer,
+            )
+        else:
+            name, queue, priority = task.name, task.queue, task.priority
+            expires_s, serializer = task.expires_s, task.serializer
+        queue = options.get("queue") or queue
+        app.keys.queue(queue)  # checks the name
+        if options.get("priority") is not None:
+            priority = check_priority(options["priority"])
+        task_id = options.get("task_id") or new_task_id()
+        if not isinstance(task_id, str) or len(task_id) > TASK_ID_MAX:
+            raise ConfigurationError(f"task_id must be a str of at most {TASK_ID_MAX} characters")
+        sent = now_ms()
+        due = _due_ms(options, sent)
+        expires_ms = _expires_ms(options.get("expires"), expires_s, sent)
+        codec = get_serializer(serializer)
+        envelope = Envelope(
+            v=PROTOCOL_VERSION,
+            priority=priority,
+            id=task_id,
+            task=name,
+            payload=encode_call(codec, name, args, kwargs),
+            serializer=codec.code,
+            sent_ms=sent,
+            eta_ms=due,
+            expires_ms=expires_ms,
+        )
+        return cls(queue, task_id, (encode_envelope(envelope), priority, due, task_id, name))
+
+
+def _due_ms(options: OptionsLike, sent_ms: int) -> int | None:
+    countdown, eta = options.get("countdown"), options.get("eta")
+    if countdown is not None and eta is not None:
+        raise ConfigurationError("give countdown or eta, not both")
+    if countdown is not None:
+        delay_s = seconds("countdown", countdown)
+        return sent_ms + int(delay_s * 1000) if delay_s > 0 else None
+    if eta is not None:
+        due = _timestamp_ms("eta", eta)
+        return due if due > sent_ms else None
+    return None
+
+
+def _expires_ms(value: object, default_s: float | None, sent_ms: int) -> int | None:
+    if value is None:
+        return None if default_s is None else sent_ms + int(default_s * 1000)
+    if isinstance(value, datetime):
+        return _timestamp_ms("expires", value)
+    return sent_ms + int(seconds("expires", value) * 1000)

@@ -1,0 +1,168 @@
+"""Task states and :class:`AsyncResult`, the handle ``.delay()`` returns."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from omnitask import failure
+from omnitask.errors import ResultIgnoredError, TaskRevokedError, TimeoutError
+from omnitask.messages import ResultRecord, decode_result
+from omnitask.serialization import get_serializer
+
+if TYPE_CHECKING:
+    from omnitask.app import OmniTask
+
+__all__ = ("READY_STATES", "AsyncResult", "TaskState")
+
+R = TypeVar("R")
+
+
+class TaskState(str, enum.Enum):
+    """The states of a task, with Celery's names.
+
+    ``PENDING`` means omnitask knows nothing of the task id: the task is waiting in a queue or
+    delayed, or it is running and ``track_started`` is off, or the id was never sent, or its
+    result expired, was forgotten, or is not stored (``ignore_result``).
+    """
+
+    PENDING = "PENDING"
+    STARTED = "STARTED"
+    SUCCESS = "SUCCESS"
+    FAILURE = "FAILURE"
+    RETRY = "RETRY"
+    REVOKED = "REVOKED"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+READY_STATES = frozenset({TaskState.SUCCESS, TaskState.FAILURE, TaskState.REVOKED})
+"""States after which a task never changes again."""
+
+
+class AsyncResult(Generic[R]):
+    """A handle on a task's outcome, by task id. Cheap to create: it reads Redis only when asked.
+
+    Attributes:
+        id: The task id.
+    """
+
+    def __init__(self, task_id: str, app: OmniTask, *, ignored: bool = False) -> None:
+        """Refer to task ``task_id`` of ``app``; ``ignored`` marks tasks that store no result."""
+        self.id = task_id
+        self.app = app
+        self._ignored = ignored
+        self._final: ResultRecord | None = None
+
+    def __repr__(self) -> str:
+        return f"<AsyncResult {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AsyncResult) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def _record(self) -> ResultRecord | None:
+        if self._final is not None:
+            return self._final
+        final, state = self.app.broker.read_state(self.id)
+        if final is not None:
+            self._final = decode_result(final)
+            return self._final
+        return decode_result(state) if state is not None else None
+
+    @property
+    def state(self) -> str:
+        """The current state: a :class:`TaskState` value, or a custom one such as PROGRESS."""
+        record = self._record()
+        return TaskState.PENDING.value if record is None else record.state
+
+    status = state
+
+    def ready(self) -> bool:
+        """Whether the task has finished (SUCCESS, FAILURE or REVOKED)."""
+        return self.state in READY_STATES
+
+    def successful(self) -> bool:
+        """Whether the task finished successfully."""
+        return self.state == TaskState.SUCCESS
+
+    def failed(self) -> bool:
+        """Whether the task finished with an exception."""
+        return self.state == TaskState.FAILURE
+
+    @property
+    def result(self) -> Any:
+        """The return value (SUCCESS), the exception (FAILURE, REVOKED), progress metadata, or
+        None while nothing is known."""
+        record = self._record()
+        return None if record is None else _value(record)
+
+    info = result
+
+    @property
+    def traceback(self) -> str | None:
+        """The formatted remote traceback of a failed task, else None."""
+        record = self._record()
+        return None if record is None else record.traceback
+
+    @property
+    def date_done(self) -> datetime | None:
+        """When the task finished (timezone-aware, UTC), or None while it has not."""
+        record = self._record()
+        if record is None or record.state not in READY_STATES:
+            return None
+        return datetime.fromtimestamp(record.date_ms / 1000, tz=timezone.utc)
+
+    def get(self, timeout: float | None = None, *, propagate: bool = True) -> R:
+        """Wait for the task to finish and return its result.
+
+        Waiting blocks in Redis (no polling): it returns as soon as the result lands.
+
+        Args:
+            timeout: Seconds to wait at most; None waits for as long as it takes.
+            propagate: Raise the task's exception when it failed (else return it).
+
+        Raises:
+            TimeoutError: The result did not arrive within ``timeout`` (a subclass of the
+                built-in TimeoutError).
+            ResultIgnoredError: The task is declared with ``ignore_result=True``.
+            TaskRevokedError: The task was revoked or expired before it ran.
+            Exception: The task's own exception, rebuilt as its type, or
+                :class:`~omnitask.TaskFailed` when the type cannot be rebuilt here.
+        """
+        if self._ignored:
+            raise ResultIgnoredError(f"task {self.id} was sent with ignore_result=True")
+        if self._final is None:
+            data = self.app.broker.wait_result(self.id, timeout)
+            if data is None:
+                raise TimeoutError(f"no result for task {self.id} within {timeout} s")
+            self._final = decode_result(data)
+        value = _value(self._final)
+        if isinstance(value, BaseException) and propagate:
+            raise value
+        return value  # type: ignore[no-any-return]
+
+    def forget(self) -> None:
+        """Delete the stored result; the state reads PENDING afterwards."""
+        self._final = None
+        self.app.broker.forget(self.id)
+
+
+def _value(record: ResultRecord) -> Any:
+    if record.state == TaskState.FAILURE:
+        return failure.rebuild(
+            record.exc_type or "builtins:Exception",
+            record.exc_message or "",
+            record.exc_args,
+            record.serializer,
+            record.traceback,
+        )
+    if record.state == TaskState.REVOKED:
+        return TaskRevokedError(f"task was revoked: {record.exc_message or 'revoked'}")
+    if record.value is None:
+        return None
+    return get_serializer(record.serializer).decode(record.value)

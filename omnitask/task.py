@@ -1,0 +1,213 @@
+"""``Task[P, R]``: a registered function that can run here (``add(1, 2)``) or on a worker."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+
+from omnitask.errors import ConfigurationError
+from omnitask.producer import Call, OptionsLike, check_priority, seconds
+from omnitask.result import AsyncResult
+
+if TYPE_CHECKING:
+    from omnitask.app import OmniTask
+
+__all__ = ("Task",)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Task(Generic[P, R]):
+    """A function registered on an app under a name, with its options.
+
+    Created by ``@app.task``; calling it runs the function here, ``delay()`` and friends send it
+    to a worker. Pickling a Task pickles a reference to it (its module and name), so it can be
+    passed to other processes and comes back as the same registered task.
+
+    Attributes:
+        name: The registered name, the same in every process.
+        fn: The wrapped function.
+        retries: Automatic retries on an exception.
+        ignore_result: True when results are not stored.
+    """
+
+    def __init__(
+        self,
+        app: OmniTask,
+        fn: Callable[P, R],
+        *,
+        name: str,
+        queue: str | None,
+        priority: int | None,
+        retries: int,
+        result_ttl: float | timedelta | None,
+        ignore_result: bool,
+        expires: float | timedelta | None,
+        serializer: str | None,
+        track_started: bool | None,
+    ) -> None:
+        """Wrap ``fn``; options left None take the app's setting when they are used."""
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self._queue = queue
+        self._priority = None if priority is None else check_priority(priority)
+        if retries < 0:
+            raise ConfigurationError(f"task {name!r}: retries must not be negative")
+        self.retries = retries
+        self._result_ttl_s = None if result_ttl is None else seconds("result_ttl", result_ttl)
+        self.ignore_result = ignore_result
+        self._expires_s = None if expires is None else seconds("expires", expires)
+        if serializer is not None:
+            app.check_serializer(serializer)
+        self._serializer = serializer
+        self._track_started = track_started
+        self._signature = inspect.signature(fn)
+        self.__doc__ = fn.__doc__
+        self.__module__ = fn.__module__
+        self.__qualname__ = getattr(fn, "__qualname__", name)
+        self.__wrapped__ = fn
+
+    # -- options resolved against the app's settings at use time ---------------------------
+
+    @property
+    def queue(self) -> str:
+        """The queue the task is sent to unless a call names another."""
+        return self._queue or self.app.conf.default_queue
+
+    @property
+    def priority(self) -> int:
+        """The priority (0-9, higher first) unless a call gives another."""
+        return self.app.conf.default_priority if self._priority is None else self._priority
+
+    @property
+    def result_ttl_s(self) -> float:
+        """Seconds the task's results are kept."""
+        return self._result_ttl_s or self.app.conf.result_ttl_s
+
+    @property
+    def expires_s(self) -> float | None:
+        """Seconds after sending when an unstarted call is revoked instead of run, or None."""
+        return self._expires_s
+
+    @property
+    def serializer(self) -> str:
+        """The serializer of the task's arguments and results."""
+        return self._serializer or self.app.conf.serializer
+
+    @property
+    def track_started(self) -> bool:
+        """Whether the STARTED state is recorded."""
+        if self._track_started is None:
+            return self.app.conf.track_started
+        return self._track_started
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name}>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_restore, (self.__module__, self.__qualname__, self.name))
+
+    # -- calling ------------------------------------------------------------------------------
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the function here and now, without any queue."""
+        return self.fn(*args, **kwargs)
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        """Send the task to a worker with these arguments and the task's options.
+
+        Raises:
+            TypeError: The arguments do not fit the function's signature.
+            SerializationError: An argument cannot be serialized (the message names it).
+        """
+        return self.apply_async(args, kwargs)
+
+    def apply_async(
+        self,
+        args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        countdown: float | timedelta | None = None,
+        eta: datetime | float | None = None,
+        expires: float | timedelta | datetime | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        task_id: str | None = None,
+    ) -> AsyncResult[R]:
+        """Send the task with per-call options.
+
+        Args:
+            args: Positional arguments.
+            kwargs: Keyword arguments.
+            countdown: Run no sooner than this many seconds from now.
+            eta: Run no sooner than this time (aware datetime or unix timestamp).
+            expires: Revoke instead of run if not started by then: seconds or timedelta from
+                now, or an aware datetime.
+            priority: 0 (lowest) to 9 (highest); the task's priority by default.
+            queue: The queue to send to; the task's queue by default.
+            task_id: Use this id instead of a new random one.
+
+        Raises:
+            ConfigurationError: An option has a bad value (both countdown and eta, a naive
+                datetime, a priority outside 0-9 ...).
+            TypeError: The arguments do not fit the function's signature.
+            SerializationError: An argument cannot be serialized (the message names it).
+        """
+        call_args = tuple(args)
+        call_kwargs = dict(kwargs or {})
+        self._check_signature(call_args, call_kwargs)
+        opts: OptionsLike = {
+            "countdown": countdown,
+            "eta": eta,
+            "expires": expires,
+            "priority": priority,
+            "queue": queue,
+            "task_id": task_id,
+        }
+        call = Call.build(self.app, self, call_args, call_kwargs, opts)
+        self.app.broker.enqueue(call.queue, [call.item])
+        return AsyncResult(call.task_id, self.app, ignored=self.ignore_result)
+
+    def apply_at(
+        self, when: datetime | float, /, *args: P.args, **kwargs: P.kwargs
+    ) -> AsyncResult[R]:
+        """Send the task to run at ``when`` (an aware datetime or a unix timestamp)."""
+        return self.apply_async(args, kwargs, eta=when)
+
+    def delay_many(self, calls: Iterable[tuple[Any, ...]]) -> list[AsyncResult[R]]:
+        """Send one task per tuple of positional arguments, in one round trip to Redis.
+
+        Every call is checked and serialized before anything is sent, so a bad one sends none.
+        """
+        built = []
+        for call_args in calls:
+            args = tuple(call_args)
+            self._check_signature(args, {})
+            built.append(Call.build(self.app, self, args, {}, {}))
+        by_queue: dict[str, list[Any]] = {}
+        for call in built:
+            by_queue.setdefault(call.queue, []).append(call.item)
+        for queue, items in by_queue.items():
+            self.app.broker.enqueue(queue, items)
+        return [AsyncResult(c.task_id, self.app, ignored=self.ignore_result) for c in built]
+
+    def _check_signature(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        try:
+            self._signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"task {self.name!r}: {exc}") from None
+
+
+def _restore(module: str, qualname: str, name: str) -> Task[Any, Any]:
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    if not isinstance(obj, Task) or obj.name != name:
+        raise TypeError(f"{module}:{qualname} is not the task {name!r}")
+    return obj

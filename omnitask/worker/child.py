@@ -1,0 +1,157 @@
+"""A worker child: claims a task when it has a free slot, runs it, acknowledges it, repeats.
+
+The child holds no state the supervisor cannot recover: whatever it has claimed sits in its
+in-flight list in Redis, and the supervisor hands that list back to the queue whenever the
+child exits, for whatever reason.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import TYPE_CHECKING, TypeVar
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from omnitask.context import WorkerInfo
+from omnitask.worker.execute import Executor
+
+if TYPE_CHECKING:
+    from omnitask.app import OmniTask
+    from omnitask.broker.client import Claim
+
+__all__ = ("Child", "IDLE_WAIT_MAX_S")
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+IDLE_WAIT_MAX_S = 5.0
+"""Longest block on the wake list: a safety net only, since every enqueue wakes a waiter."""
+
+_PR_SET_PDEATHSIG = 1
+
+
+class _Stop(BaseException):
+    """Raised by the SIGTERM handler to leave a blocking wait when no task is running."""
+
+
+def _die_with_parent() -> None:
+    # If the supervisor is SIGKILLed, its children must not run on unsupervised: their leases
+    # lapse and their tasks go to other workers, so running them here too would duplicate them.
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):  # pragma: no cover - exotic libc
+            logger.debug("prctl(PR_SET_PDEATHSIG) unavailable")
+
+
+class Child:
+    """The consume loop of one worker child process."""
+
+    def __init__(
+        self, app: OmniTask, queues: Sequence[str], consumer: str, worker: str, parent_pid: int
+    ) -> None:
+        """Consume ``queues`` of ``app`` as ``consumer`` of worker ``worker``."""
+        self.app = app
+        self.queues = tuple(queues)
+        self.consumer = consumer
+        self.worker = worker
+        self.parent_pid = parent_pid
+        self._stopping = False
+        self._busy = False
+        self._next_queue = 0
+
+    def run(self) -> None:
+        """Run until the supervisor asks this child to stop (SIGTERM) or dies."""
+        _die_with_parent()
+        if os.getppid() != self.parent_pid:  # the parent died before prctl took effect
+            return
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
+        signal.signal(signal.SIGTERM, self._on_term)
+        self.app.after_fork()
+        self.app.signals.worker_process_init.send(
+            WorkerInfo(self.worker, self.queues, os.getpid(), self.consumer)
+        )
+        executor = Executor(self.app, self.consumer, self._retrying)
+        try:
+            self._loop(executor)
+        except _Stop:
+            pass
+        logger.debug("child stopped consumer=%s", self.consumer)
+
+    def _on_term(self, signum: int, frame: FrameType | None) -> None:
+        self._stopping = True
+        if not self._busy:
+            raise _Stop
+
+    def _loop(self, executor: Executor) -> None:
+        claim: Claim | None = None
+        queue = self.queues[0]
+        while not self._stopping:
+            if claim is None or not claim.tasks:
+                queue, claim = self._claim_any()
+                if not claim.tasks:
+                    self._idle(claim)
+                    claim = None
+                    continue
+            self._busy = True
+            try:
+                # Ack and the next claim travel together when there is one queue to serve.
+                more = 1 if len(self.queues) == 1 and not self._stopping else 0
+                claim = executor.handle(queue, claim.tasks[0], more)
+            finally:
+                self._busy = False
+
+    def _claim_any(self) -> tuple[str, Claim]:
+        """Claim from the queues in turn, starting after the last one served (fairness)."""
+        count = len(self.queues)
+        claim: Claim | None = None
+        for i in range(count):
+            queue = self.queues[(self._next_queue + i) % count]
+            claim = self._retrying(lambda q=queue: self.app.broker.claim(q, self.consumer, 1))
+            if claim.tasks:
+                self._next_queue = (self._next_queue + i + 1) % count
+                return queue, claim
+        assert claim is not None
+        return self.queues[0], claim
+
+    def _idle(self, claim: Claim) -> None:
+        wait = IDLE_WAIT_MAX_S
+        if claim.next_due_ms is not None:
+            wait = min(wait, max(claim.next_due_ms - claim.now_ms, 1) / 1000)
+        self._retrying(lambda: self.app.broker.wait_wake(self.queues, wait))
+
+    def _retrying(self, step: Callable[[], T]) -> T:
+        """Run ``step``, retrying with backoff while Redis is unreachable.
+
+        A step that fails midway is safe to repeat: claims land in this child's in-flight list
+        (handed back when it exits), and an ack that is applied twice stores the same record.
+        """
+        delay = 0.05
+        warned = False
+        while True:
+            try:
+                return step()
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                if not warned:
+                    logger.warning("redis unreachable, retrying consumer=%s error=%s", self.consumer, exc)
+                    warned = True
+                if os.getppid() != self.parent_pid:
+                    raise _Stop from None
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            except RedisError:
+                # A server-side error (e.g. a wrong-type key) must not kill the child in a tight
+                # loop; log it and slow down.
+                logger.exception("redis error consumer=%s", self.consumer)
+                time.sleep(1.0)

@@ -1,0 +1,97 @@
+"""The tasks the worker tests run. The broker URL comes from OMNITASK_BROKER_URL."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+import redis
+
+from omnitask import OmniTask
+
+app = OmniTask("tbasic")
+
+
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(app.conf.broker_url)
+
+
+@dataclass
+class Point:
+    x: int
+    y: int
+
+
+class Boom(Exception):
+    """A task's own exception type, rebuilt on the caller's side."""
+
+
+class Unbuildable(Exception):
+    """An exception whose constructor does not accept its own args."""
+
+    def __init__(self, a: int, b: int) -> None:
+        super().__init__(f"{a}+{b}")
+
+
+@app.task
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@app.task
+def echo(value: object) -> object:
+    return value
+
+
+@app.task
+def shift(p: Point, when: datetime) -> tuple[Point, datetime]:
+    return Point(p.x + 1, p.y + 1), when
+
+
+@app.task
+def fail(message: str) -> None:
+    raise Boom(message)
+
+
+@app.task
+def fail_odd() -> None:
+    raise Unbuildable(1, 2)
+
+
+@app.task
+def record(tag: str, seconds: float = 0.0) -> str:
+    """Append ``tag`` to the list ``log`` (runs are counted there), after an optional sleep."""
+    client = _redis()
+    client.rpush("test:started", tag)
+    if seconds:
+        time.sleep(seconds)
+    client.rpush("test:log", tag)
+    return tag
+
+
+@app.task(retries=2)
+def flaky(tag: str) -> int:
+    """Fails twice, then succeeds: counts its runs in ``test:flaky:<tag>``."""
+    runs = int(_redis().incr(f"test:flaky:{tag}"))
+    if runs < 3:
+        raise RuntimeError(f"run {runs}")
+    return runs
+
+
+@app.task
+def die(tag: str) -> None:
+    """Kills its own process on every delivery (a poison pill)."""
+    _redis().rpush("test:died", tag)
+    os._exit(1)
+
+
+@app.task(ignore_result=True)
+def quiet(tag: str) -> None:
+    _redis().rpush("test:log", tag)
+
+
+@app.task(result_ttl=1)
+def short_lived() -> str:
+    return "soon gone"
