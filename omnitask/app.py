@@ -101,10 +101,7 @@ class OmniTask:
         **settings: Unpack[Settings],
     ) -> None:
         """Create the app; nothing connects until first use."""
-        try:
-            self.main = check_name("app name", main)
-        except ValueError as exc:
-            raise ConfigurationError(str(exc)) from None
+        self.main = check_name("app name", main)
         self.include = tuple(include)
         self._settings: dict[str, Any] = {
             **settings,

@@ -70,15 +70,15 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         """Check values that a type alone cannot (msgspec reports these with the field name)."""
-        _check_url(self.broker_url)
+        _check_url("broker_url", self.broker_url)
         if self.result_backend is not None:
-            _check_url(self.result_backend)
+            _check_url("result_backend", self.result_backend)
         check_name("key_prefix", self.key_prefix)
         check_name("default_queue", self.default_queue)
         if not 0 <= self.default_priority <= 9:
-            raise ValueError("must be between 0 and 9")
+            raise ValueError("default_priority must be between 0 and 9")
         if self.serializer not in SERIALIZER_NAMES:
-            raise ValueError(f"must be one of {', '.join(SERIALIZER_NAMES)}")
+            raise ValueError(f"serializer must be one of {', '.join(SERIALIZER_NAMES)}")
         for name in (
             "result_ttl_s",
             "lease_s",
@@ -107,10 +107,10 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
 _FIELDS = frozenset(Config.__struct_fields__)
 
 
-def _check_url(url: str) -> None:
+def _check_url(name: str, url: str) -> None:
     scheme = urlsplit(url).scheme
     if scheme not in ("redis", "rediss", "unix"):
-        raise ValueError(f"{mask_url(url)!r} is not a redis://, rediss:// or unix:// URL")
+        raise ValueError(f"{name} {mask_url(url)!r} is not a redis://, rediss:// or unix:// URL")
 
 
 def load_config(
@@ -148,7 +148,8 @@ def _explain(message: str, origin: Mapping[str, str]) -> str:
     text, _, where = message.rpartition(" - at `$.")
     name = where.rstrip("`")
     if not text or name not in _FIELDS:
-        return f"invalid configuration: {message}"
+        # Checks in Config.__post_init__ name their setting themselves.
+        return f"invalid setting: {message}"
     source = f" (from environment variable {origin[name]})" if name in origin else ""
     return f"invalid setting {name}{source}: {text}"
 

@@ -123,15 +123,26 @@ class EventStream:
     ) -> Iterator[Event]:
         """Yield events as they are published, blocking in Redis between them.
 
+        "From now" means from this call, not from the first ``next()``: events published
+        between the two are not missed.
+
         Args:
             replay: Start with the events still kept in the stream instead of from now.
             timeout_s: Stop after this many seconds without a new event (None: never stop).
             after: Resume after this stream id (an :attr:`Event.stream_id`).
         """
+        if after is None:
+            after = "0-0" if replay else self._last_id()
+        block_ms = 0 if timeout_s is None else max(1, int(timeout_s * 1000))
+        return self._follow(after, block_ms)
+
+    def _last_id(self) -> str:
+        newest = self._app.broker.redis.xrevrange(self._app.keys.events, count=1)
+        return newest[0][0].decode() if newest else "0-0"
+
+    def _follow(self, last: str, block_ms: int) -> Iterator[Event]:
         redis = self._app.broker.redis
         key = self._app.keys.events
-        last = after or ("0-0" if replay else "$")
-        block_ms = 0 if timeout_s is None else max(1, int(timeout_s * 1000))
         while True:
             reply = redis.xread({key: last}, count=500, block=block_ms)
             if not reply:

@@ -5,10 +5,10 @@ encoded by the task's serializer. Each message records the serializer's wire cod
 
 | name | code | use |
 |---|---|---|
-| `msgpack` | 0 | The default: fast and compact. Decoding never unpickles; it only imports the module of a class named in the message and calls that class if it is an `Enum`, a dataclass or a `msgspec.Struct`. |
+| `msgpack` | 0 | The default: fast and compact. Decoding never unpickles: it only imports the module of a class named in the message (running that module's top-level code, as any import does) and calls the class only if it is an `Enum`, a dataclass or a `msgspec.Struct`. |
 | `cloudpickle` | 1 | Opt-in: anything cloudpickle can pickle, lambdas and local classes included. Decoding unpickles, which can run any code: use it only when everything that writes to Redis is trusted. |
 
-What comes back from a round trip (each row is covered by ``tests/unit/test_serialization.py``):
+What comes back from a round trip:
 
 | value sent | `msgpack` | `cloudpickle` |
 |---|---|---|
@@ -18,7 +18,7 @@ What comes back from a round trip (each row is covered by ``tests/unit/test_seri
 | `tuple` (nested too), `set`, `frozenset`, `bytearray` | same type | same |
 | `datetime.datetime`, `datetime.time` | same value; naive stays naive; an aware value keeps its UTC offset, but its tzinfo comes back as a fixed-offset `datetime.timezone` (`ZoneInfo("Europe/Paris")` in July becomes `timezone(timedelta(hours=2))`); `fold` is not kept; a `time` whose tzinfo has no fixed offset (a `ZoneInfo`) is refused | same, tzinfo included |
 | `datetime.date`, `datetime.timedelta`, `uuid.UUID`, `decimal.Decimal` | same (a `Decimal` exactly, via its string) | same |
-| `enum.Enum` members (`IntEnum`, `StrEnum`, `Flag` ...) | same member | same |
+| `enum.Enum` members (`IntEnum`, `Flag`, `str` mixins ...) | same member | same |
 | dataclass instances | same class, built by calling it with its `init=True` fields, so `__post_init__` runs and `init=False` fields are recomputed | same class and state, `__init__` not called |
 | `msgspec.Struct` instances | same class, built by calling it with its fields | same |
 | subclasses of the above that are not enums, dataclasses or Structs (`namedtuple`, `OrderedDict`, `defaultdict`, a `str` or `datetime` subclass) | the base type (`tuple`, `dict`, `str`, `datetime`) | same class |
@@ -120,7 +120,7 @@ class _Ext(enum.IntEnum):
 # Exact types that msgpack carries as themselves; only these skip the conversion walk.
 _PLAIN_SCALARS: Final = frozenset({type(None), bool, int, float, str, bytes})
 _PLAIN_KEYS: Final = frozenset({str, int})
-_SCALAR_BASES: Final = (str, int, float, bytes)
+_SCALAR_BASES: Final[tuple[type[Any], ...]] = (str, int, float, bytes)
 
 
 def _time_isoformat(value: datetime.time) -> str:
@@ -172,7 +172,7 @@ def _is_plain(obj: Any) -> bool:
 
 
 def _class_path(cls: type) -> str:
-    """Return ``module:qualname`` of ``cls``, checking that a worker could import it by it."""
+    """Return ``module:qualname`` of ``cls``, checking that this name leads back to ``cls``."""
     path = f"{cls.__module__}:{cls.__qualname__}"
     found: object = sys.modules.get(cls.__module__)
     for part in cls.__qualname__.split("."):
@@ -299,7 +299,7 @@ class MsgpackSerializer:
             if _is_plain(obj):
                 return self._encoder.encode(obj)
             return self._encoder.encode(self._to_wire(obj))
-        except Exception as exc:  # msgspec, the walk and user __eq__/properties raise many kinds
+        except Exception as exc:  # msgspec and user code the walk reaches raise many kinds
             raise SerializationError(str(exc)) from exc
 
     def decode(self, data: bytes) -> Any:
@@ -326,8 +326,10 @@ class MsgpackSerializer:
             if all(type(key) in _PLAIN_KEYS for key in obj):
                 return {key: self._to_wire(value) for key, value in obj.items()}
             return self._ext(_Ext.DICT, [part for item in obj.items() for part in item])
-        if isinstance(obj, _SCALAR_BASES) and not isinstance(obj, enum.Enum):
-            return obj  # msgspec encodes a str/int/float/bytes subclass as its base type
+        if not isinstance(obj, enum.Enum):
+            for base in _SCALAR_BASES:
+                if isinstance(obj, base):
+                    return base(obj)  # msgspec refuses subclasses of these, so send the base
         return self._ext(*_ext_parts(obj))
 
     def _ext(self, code: _Ext, payload: Any) -> msgspec.msgpack.Ext:
@@ -403,20 +405,24 @@ def _hint(serializer: Serializer) -> str:
     return ""
 
 
+def _encode_error(serializer: Serializer, value: Any) -> SerializationError | None:
+    try:
+        serializer.encode(value)
+    except SerializationError as exc:
+        return exc
+    return None
+
+
 def _find_culprit(
     serializer: Serializer, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[str, SerializationError] | None:
     """Encode each argument alone to name the first one that cannot be encoded."""
     for index, value in enumerate(args):
-        try:
-            serializer.encode(value)
-        except SerializationError as exc:
-            return f"positional argument at index {index}", exc
+        if error := _encode_error(serializer, value):
+            return f"positional argument at index {index}", error
     for key, value in kwargs.items():
-        try:
-            serializer.encode(value)
-        except SerializationError as exc:
-            return f"argument {key!r}", exc
+        if error := _encode_error(serializer, value):
+            return f"argument {key!r}", error
     return None
 
 

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import re
 
+from omnitask.errors import ConfigurationError
+
 __all__ = ("PRIORITY_LEVELS", "WAKE_TOKENS_MAX", "Keyspace", "QueueKeys", "check_name")
 
 PRIORITY_LEVELS = 10
@@ -40,12 +42,15 @@ _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
 def check_name(kind: str, value: str) -> str:
-    """Return ``value`` if it is a valid app, queue or prefix name, else raise ValueError.
+    """Return ``value`` if it is a valid app, queue or prefix name.
 
     Names are restricted so that they can never break the hash tags or the ``:`` separators.
+
+    Raises:
+        ConfigurationError: It is not (a ValueError too).
     """
     if not _NAME.match(value):
-        raise ValueError(
+        raise ConfigurationError(
             f"{kind} {value!r} is not valid: use letters, digits, '_', '.' and '-' only"
         )
     return value

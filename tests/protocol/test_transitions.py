@@ -1,0 +1,184 @@
+"""Each transition of the protocol, run on the real Redis, with its exact effect on the keys."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from omnitask import OmniTask
+from omnitask.broker.client import Broker
+from omnitask.messages import decode_envelope
+from omnitask.producer import Call
+
+
+@pytest.fixture
+def app(redis_url: str) -> Iterator[OmniTask]:
+    app = OmniTask("proto", broker=redis_url, lease_s=1.0)
+
+    @app.task(name="job")
+    def job(i: int) -> int:
+        return i
+
+    yield app
+    app.close()
+
+
+def send(app: OmniTask, i: int, **options: object) -> str:
+    call = Call.build(app, app.tasks["job"], (i,), {}, options)  # type: ignore[arg-type]
+    app.broker.enqueue(call.queue, [call.item])
+    return call.task_id
+
+
+def claim_args(broker: Broker, consumer: str, n: int = 1) -> list[int]:
+    claim = broker.claim("default", consumer, n)
+    return [int(decode_envelope(t.body).payload[2]) for t in claim.tasks]
+
+
+def test_strict_priority_then_fifo(app: OmniTask) -> None:
+    order = [(1, 5), (2, 0), (3, 9), (4, 5), (5, 9), (6, 0), (7, 7)]
+    for i, priority in order:
+        send(app, i, priority=priority)
+    claimed = [claim_args(app.broker, "c1")[0] for _ in order]
+    assert claimed == [3, 5, 7, 1, 4, 2, 6]
+    assert app.broker.claim("default", "c1").tasks == []
+
+
+def test_claim_moves_into_proc_atomically(app: OmniTask, r: redis.Redis) -> None:
+    send(app, 1)
+    qk = app.keys.queue("default")
+    assert r.llen(qk.ready[5]) == 1
+    claim = app.broker.claim("default", "c1")
+    assert r.llen(qk.ready[5]) == 0
+    assert r.lrange(qk.proc("c1"), 0, -1) == [claim.tasks[0].body]
+    deadline = r.zscore(qk.consumers, "c1")
+    assert deadline is not None and abs(deadline - claim.now_ms - 1000) < 5
+
+
+def test_claim_many(app: OmniTask) -> None:
+    for i in range(5):
+        send(app, i)
+    assert claim_args(app.broker, "c1", n=3) == [0, 1, 2]
+    assert claim_args(app.broker, "c2", n=10) == [3, 4]
+
+
+def test_ack_removes_and_stores_result(app: OmniTask, r: redis.Redis) -> None:
+    task_id = send(app, 1)
+    claimed = app.broker.claim("default", "c1").tasks[0]
+    send(app, 2)
+    held, nxt = app.broker.ack("default", "c1", claimed.body, task_id, (b"rec", 60_000), None, 1)
+    qk = app.keys.queue("default")
+    assert held is True
+    assert nxt is not None and len(nxt.tasks) == 1  # the next task was claimed in the same step
+    assert r.lrange(qk.proc("c1"), 0, -1) == [nxt.tasks[0].body]
+    assert r.lrange(app.keys.result(task_id), 0, -1) == [b"rec"]
+    assert 59_000 < r.pttl(app.keys.result(task_id)) <= 60_000
+    # Acking again (a retried round trip) is harmless and says the task is no longer held.
+    held, _ = app.broker.ack("default", "c1", claimed.body, task_id, (b"rec", 60_000), None)
+    assert held is False and r.llen(app.keys.result(task_id)) == 1
+
+
+def test_delayed_is_promoted_when_due(app: OmniTask, r: redis.Redis) -> None:
+    send(app, 1, countdown=0.3)
+    qk = app.keys.queue("default")
+    assert r.zcard(qk.delayed) == 1
+    early = app.broker.claim("default", "c1")
+    assert early.tasks == [] and early.next_due_ms is not None
+    assert 0 < early.next_due_ms - early.now_ms <= 300
+    time.sleep(0.35)
+    assert claim_args(app.broker, "c1") == [1]
+    assert r.zcard(qk.delayed) == 0
+
+
+def test_thousands_due_at_once_are_all_promoted(app: OmniTask, r: redis.Redis) -> None:
+    job = app.tasks["job"]
+    past = time.time() - 1
+    calls = [Call.build(app, job, (i,), {}, {}) for i in range(3000)]
+    items = [(body, p, int(past * 1000), tid, n) for body, p, _, tid, n in (c.item for c in calls)]
+    app.broker.enqueue("default", items)
+    seen = 0
+    while True:
+        claim = app.broker.claim("default", "c1", 500)
+        if not claim.tasks:
+            break
+        seen += len(claim.tasks)
+        r.delete(app.keys.queue("default").proc("c1"))
+    assert seen == 3000
+
+
+def test_requeue_hands_back_in_order_and_counts(app: OmniTask, r: redis.Redis) -> None:
+    ids = [send(app, i) for i in range(3)]
+    send(app, 99, priority=9)
+    app.broker.claim("default", "c1", 4)
+    assert app.broker.requeue("default", "c1", count_delivery=True) == 4
+    qk = app.keys.queue("default")
+    assert r.llen(qk.proc("c1")) == 0 and r.zscore(qk.consumers, "c1") is None
+    claim = app.broker.claim("default", "c2", 4)
+    assert [int(decode_envelope(t.body).payload[2]) for t in claim.tasks] == [99, 0, 1, 2]
+    assert [t.deliveries for t in claim.tasks] == [1, 1, 1, 1]
+    assert r.hget(qk.deliveries, ids[0]) == b"1"
+
+
+def test_graceful_hand_back_does_not_count(app: OmniTask) -> None:
+    send(app, 1)
+    app.broker.claim("default", "c1")
+    app.broker.requeue("default", "c1", count_delivery=False)
+    assert app.broker.claim("default", "c2").tasks[0].deliveries == 0
+
+
+def test_expired_lease_is_reclaimed_only_when_expired(app: OmniTask, r: redis.Redis) -> None:
+    send(app, 1)
+    app.broker.claim("default", "c1")
+    assert app.broker.renew("default", ["c2"]) == []
+    assert app.broker.requeue("default", "c1", count_delivery=True, only_if_expired=True) == -1
+    time.sleep(1.1)
+    assert app.broker.renew("default", ["c2"]) == ["c1"]
+    assert app.broker.requeue("default", "c1", count_delivery=True, only_if_expired=True) == 1
+    assert claim_args(app.broker, "c2") == [1]
+
+
+def test_renewal_keeps_a_lease_alive(app: OmniTask) -> None:
+    send(app, 1)
+    app.broker.claim("default", "c1")
+    for _ in range(4):
+        time.sleep(0.4)
+        assert app.broker.renew("default", ["c1"]) == []
+    assert app.broker.requeue("default", "c1", count_delivery=True, only_if_expired=True) == -1
+
+
+def test_garbage_in_delayed_and_ready_is_delivered_not_dropped(
+    app: OmniTask, r: redis.Redis
+) -> None:
+    qk = app.keys.queue("default")
+    r.zadd(qk.delayed, {b"\xff\x00garbage": 0})
+    r.rpush(qk.ready[3], b"more garbage")
+    bodies = [t.body for t in app.broker.claim("default", "c1", 5).tasks]
+    assert sorted(bodies) == sorted([b"\xff\x00garbage", b"more garbage"])
+
+
+def test_scripts_reload_after_script_flush(app: OmniTask, r: redis.Redis) -> None:
+    send(app, 1)
+    r.script_flush()
+    assert claim_args(app.broker, "c1") == [1]
+
+
+def test_enqueue_wakes_a_waiter(app: OmniTask) -> None:
+    assert app.broker.wait_wake(["default"], 0.05) is False
+    send(app, 1)
+    assert app.broker.wait_wake(["default"], 0.05) is True
+
+
+def test_separate_result_backend(redis_server: object, redis_url: str, r: redis.Redis) -> None:
+    results_url = redis_url.rsplit("/", 1)[0] + "/3"
+    app = OmniTask("split", broker=redis_url, result_backend=results_url)
+    app.task(name="t")(lambda: None)
+    call = Call.build(app, "t", (), {}, {})
+    app.broker.enqueue(call.queue, [call.item])
+    claimed = app.broker.claim("default", "c1").tasks[0]
+    app.broker.ack("default", "c1", claimed.body, call.task_id, (b"rec", 10_000), None, 1)
+    with redis.Redis.from_url(results_url) as results:
+        assert results.lrange(app.keys.result(call.task_id), 0, -1) == [b"rec"]
+    assert not r.exists(app.keys.result(call.task_id))
+    app.close()
