@@ -15,7 +15,7 @@ from omnitask.errors import (
     TaskFailed,
     TaskNotRegisteredError,
     TaskRevokedError,
-    TimeoutError,
+    TimeoutError,  # noqa: A004 - omnitask.TimeoutError subclasses the built-in
     WorkerLostError,
 )
 from omnitask.events import Event, EventKind

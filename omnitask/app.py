@@ -189,9 +189,13 @@ class OmniTask:
         expires: float | timedelta | None = None,
         serializer: str | None = None,
         track_started: bool | None = None,
+        **unknown: Never,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
-    def task(
+    # mypy reports the implementation as not matching the keyword-only overload whenever a
+    # ParamSpec appears only in an overload's return type, even for an implementation taking
+    # **Any (minimal repro checked with mypy 2.4); the overloads are what callers see.
+    def task(  # type: ignore[misc]
         self,
         fn: Callable[P, R] | None = None,
         /,
@@ -220,6 +224,7 @@ class OmniTask:
             expires: Revoke a call not started this long after it was sent.
             serializer: ``msgpack`` or ``cloudpickle``; default the app's ``serializer``.
             track_started: Record the STARTED state; default the app's ``track_started``.
+            **unknown: Not accepted: any other keyword is reported as an unknown option.
 
         Raises:
             ConfigurationError: An option is unknown (with a suggestion) or has a bad value, or

@@ -52,17 +52,13 @@ def _parser() -> argparse.ArgumentParser:
     _app_arg(events)
     events.add_argument("--replay", action="store_true", help="start with the kept events")
     events.add_argument("--json", action="store_true", help="one JSON object per line")
-    events.add_argument(
-        "--timeout", type=float, help="stop after this many seconds without events"
-    )
+    events.add_argument("--timeout", type=float, help="stop after this many seconds without events")
     _log_arg(events)
     return parser
 
 
 def _app_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-A", "--app", required=True, help="the app: module or module:attribute"
-    )
+    parser.add_argument("-A", "--app", required=True, help="the app: module or module:attribute")
 
 
 def _log_arg(parser: argparse.ArgumentParser) -> None:
@@ -112,7 +108,9 @@ def _worker(app: OmniTask, args: argparse.Namespace) -> int:
     for queue in queues:
         app.keys.queue(queue)
     app.connect()
-    supervisor = Supervisor(app, queues, app.conf.concurrency, name=args.hostname, app_spec=args.app)
+    supervisor = Supervisor(
+        app, queues, app.conf.concurrency, name=args.hostname, app_spec=args.app
+    )
     print(_banner(app, supervisor.name, queues, app.conf.concurrency), flush=True)  # noqa: T201
     return supervisor.run()
 
@@ -142,9 +140,7 @@ def _events(app: OmniTask, args: argparse.Namespace) -> int:
             line = json.dumps(event.as_dict())
         else:
             who = " ".join(
-                f"{k}={v}"
-                for k, v in event.as_dict().items()
-                if k not in ("kind", "time")
+                f"{k}={v}" for k, v in event.as_dict().items() if k not in ("kind", "time")
             )
             line = f"{event.time.isoformat(timespec='milliseconds')} {event.kind:<16} {who}"
         print(line, flush=True)  # noqa: T201

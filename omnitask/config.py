@@ -113,9 +113,7 @@ def _check_url(name: str, url: str) -> None:
         raise ValueError(f"{name} {mask_url(url)!r} is not a redis://, rediss:// or unix:// URL")
 
 
-def load_config(
-    settings: Mapping[str, Any], environ: Mapping[str, str] | None = None
-) -> Config:
+def load_config(settings: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
     """Build a Config from explicit ``settings`` over ``OMNITASK_*`` variables over defaults.
 
     Raises:

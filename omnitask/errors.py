@@ -9,11 +9,11 @@ them all::
     ├── TaskNotRegisteredError      no task of that name is registered on the app
     ├── BrokerConnectionError       Redis could not be reached in time
     ├── MessageError                bytes in Redis that are not a valid omnitask message
-    ├── TaskFailed                  a task raised and its exception could not be rebuilt locally
+    ├── TaskFailed                  a task raised an exception that cannot be rebuilt here
     ├── TaskRevokedError            .get() on a task that was revoked or expired before it ran
-    ├── WorkerLostError             the worker process running a task died too often (poison pill)
+    ├── WorkerLostError             its worker process died too often (poison pill)
     ├── ResultIgnoredError          .get() on a task declared with ignore_result=True
-    └── TimeoutError                .get() waited longer than its timeout (also a builtins.TimeoutError)
+    └── TimeoutError                .get() waited too long (also a builtins.TimeoutError)
 """
 
 from __future__ import annotations

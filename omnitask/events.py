@@ -112,10 +112,11 @@ class EventStream:
         """The events still kept in the stream, oldest first (the last ``count`` if given)."""
         redis = self._app.broker.redis
         key = self._app.keys.events
+        entries: list[tuple[bytes, dict[bytes, bytes]]]
         if count is None:
-            entries = redis.xrange(key)
+            entries = redis.xrange(key)  # type: ignore[assignment]
         else:
-            entries = list(reversed(redis.xrevrange(key, count=count)))
+            entries = list(reversed(redis.xrevrange(key, count=count)))  # type: ignore[arg-type]
         return [Event.from_entry(eid, fields) for eid, fields in entries]
 
     def follow(
@@ -137,14 +138,14 @@ class EventStream:
         return self._follow(after, block_ms)
 
     def _last_id(self) -> str:
-        newest = self._app.broker.redis.xrevrange(self._app.keys.events, count=1)
+        newest: Any = self._app.broker.redis.xrevrange(self._app.keys.events, count=1)
         return newest[0][0].decode() if newest else "0-0"
 
     def _follow(self, last: str, block_ms: int) -> Iterator[Event]:
         redis = self._app.broker.redis
         key = self._app.keys.events
         while True:
-            reply = redis.xread({key: last}, count=500, block=block_ms)
+            reply: Any = redis.xread({key: last}, count=500, block=block_ms)
             if not reply:
                 return
             for entry_id, fields in reply[0][1]:

@@ -20,9 +20,7 @@ def type_name(exc: BaseException) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
-def describe(
-    exc: BaseException, serializer: Serializer
-) -> tuple[str, str, bytes | None, str]:
+def describe(exc: BaseException, serializer: Serializer) -> tuple[str, str, bytes | None, str]:
     """Return the type name, message, encoded args (None if not encodable) and traceback."""
     try:
         args: bytes | None = serializer.encode(list(exc.args))
@@ -61,7 +59,7 @@ def _rebuild(name: str, args: bytes | None, serializer_code: int) -> Exception |
             return None
         values = get_serializer(serializer_code).decode(args)
         exc = obj(*values)
-    except Exception:  # noqa: BLE001 - whatever fails, TaskFailed still carries everything
+    except Exception:
         logger.debug("cannot rebuild exception type=%s", name, exc_info=True)
         return None
     return exc

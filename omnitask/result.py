@@ -7,7 +7,8 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from omnitask import failure
-from omnitask.errors import ResultIgnoredError, TaskRevokedError, TimeoutError
+from omnitask.errors import ResultIgnoredError, TaskRevokedError
+from omnitask.errors import TimeoutError as ResultTimeoutError
 from omnitask.messages import ResultRecord, decode_result
 from omnitask.serialization import get_serializer
 
@@ -96,8 +97,11 @@ class AsyncResult(Generic[R]):
 
     @property
     def result(self) -> Any:
-        """The return value (SUCCESS), the exception (FAILURE, REVOKED), progress metadata, or
-        None while nothing is known."""
+        """The outcome so far: the return value, the exception, progress metadata, or None.
+
+        SUCCESS gives the return value; FAILURE and REVOKED the exception; other states their
+        metadata; PENDING None.
+        """
         record = self._record()
         return None if record is None else _value(record)
 
@@ -139,7 +143,7 @@ class AsyncResult(Generic[R]):
         if self._final is None:
             data = self.app.broker.wait_result(self.id, timeout)
             if data is None:
-                raise TimeoutError(f"no result for task {self.id} within {timeout} s")
+                raise ResultTimeoutError(f"no result for task {self.id} within {timeout} s")
             self._final = decode_result(data)
         value = _value(self._final)
         if isinstance(value, BaseException) and propagate:

@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-
 from omnitask.errors import ConfigurationError
 from omnitask.producer import Call, OptionsLike, check_priority, seconds
 from omnitask.result import AsyncResult

@@ -6,6 +6,7 @@ other): ``redis_server`` starts its own on a free loopback port and stops it by 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -118,10 +119,8 @@ class WorkerProcess:
 
     def kill(self) -> None:
         """SIGKILL the whole process group: supervisor and children at once."""
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.proc.wait(10)
         self._close()
 

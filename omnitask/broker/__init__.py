@@ -1,1 +1,1 @@
-"""The Redis protocol of omnitask: key schema, atomic transitions and the one client that runs them."""
+"""The Redis protocol of omnitask: key schema, atomic transitions and the client running them."""

@@ -21,11 +21,13 @@ logger = logging.getLogger(__name__)
 PROMOTE_MAX = 1000
 """Delayed envelopes promoted per claim at most (Lua's unpack() has a stack limit near 8000)."""
 
+
 class Claimed(NamedTuple):
     """One claimed envelope and how many times it was handed back after a worker died."""
 
     body: bytes
     deliveries: int
+
 
 class Claim(NamedTuple):
     """What a claim returned: the server time, the next delayed due time, the envelopes."""
@@ -34,10 +36,12 @@ class Claim(NamedTuple):
     next_due_ms: int | None
     tasks: list[Claimed]
 
+
 def _parse_claim(reply: Sequence[Any]) -> Claim:
     due = int(reply[1])
     tasks = [Claimed(reply[i], int(reply[i + 1])) for i in range(2, len(reply), 2)]
     return Claim(int(reply[0]), None if due < 0 else due, tasks)
+
 
 class Broker:
     """A synchronous connection to an app's Redis (and result backend), speaking the protocol.
@@ -96,12 +100,10 @@ class Broker:
     def _multi(self, client: redis.Redis, commands: Sequence[cmd.Command]) -> list[Any]:
         pipe = client.pipeline(transaction=True)
         for command in commands:
-            pipe.execute_command(*command)
+            pipe.execute_command(*command)  # type: ignore[no-untyped-call]
         return pipe.execute()
 
-    def _write(
-        self, result: list[cmd.Command], commands: list[cmd.Command]
-    ) -> list[Any]:
+    def _write(self, result: list[cmd.Command], commands: list[cmd.Command]) -> list[Any]:
         """Run ``result`` and ``commands`` atomically, or result first on a separate backend."""
         if self.shared_results:
             return self._multi(self.redis, commands + result)
@@ -169,7 +171,7 @@ class Broker:
             claim: cmd.Command = ("EVALSHA", CLAIM.sha, len(keys), *keys, *args)
             pipe = self.redis.pipeline(transaction=True)
             for command in (*commands, *result_cmds, claim):
-                pipe.execute_command(*command)
+                pipe.execute_command(*command)  # type: ignore[no-untyped-call]
             replies = pipe.execute(raise_on_error=False)
             reply = replies[-1]
             if isinstance(reply, NoScriptError):
@@ -180,9 +182,7 @@ class Broker:
         replies = self._write(result_cmds, commands)
         return bool(replies[0]), (self.claim(queue, consumer, claim_next) if claim_next else None)
 
-    def _result_commands(
-        self, task_id: str, result: tuple[bytes, int] | None
-    ) -> list[cmd.Command]:
+    def _result_commands(self, task_id: str, result: tuple[bytes, int] | None) -> list[cmd.Command]:
         if result is None:
             return [("DEL", self.keys.state(task_id))]
         record, ttl_ms = result
@@ -271,9 +271,10 @@ class Broker:
         on timeout.
         """
         key = self.keys.result(task_id)
-        timeout = 0 if timeout_s is None else max(timeout_s, 0.001)
-        reply: bytes | None = self.results.blmove(key, key, timeout, "RIGHT", "LEFT")
-        return reply
+        timeout = 0.0 if timeout_s is None else max(timeout_s, 0.001)
+        # redis-py's annotation says int; Redis takes fractional seconds here since 6.0.
+        reply = self.results.blmove(key, key, timeout, "RIGHT", "LEFT")  # type: ignore[arg-type]
+        return reply  # type: ignore[return-value]
 
     def forget(self, task_id: str) -> None:
         """Delete a task's result and state records."""

@@ -60,6 +60,7 @@ class QueueKeys:
     """The keys of one queue; every script that changes a queue's state gets them from here."""
 
     __slots__ = (
+        "_base",
         "consumers",
         "dead",
         "delayed",
@@ -67,7 +68,6 @@ class QueueKeys:
         "name",
         "ready",
         "wake",
-        "_base",
     )
 
     def __init__(self, base: str, name: str) -> None:

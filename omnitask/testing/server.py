@@ -40,7 +40,11 @@ def find_redis_server() -> str:
     if explicit and os.access(explicit, os.X_OK):
         return explicit
     found = shutil.which("redis-server") or next(
-        (p for p in ("/usr/bin/redis-server", "/usr/local/bin/redis-server") if os.access(p, os.X_OK)),
+        (
+            p
+            for p in ("/usr/bin/redis-server", "/usr/local/bin/redis-server")
+            if os.access(p, os.X_OK)
+        ),
         None,
     )
     if found is None:
@@ -114,7 +118,7 @@ class RedisServer:
             "--daemonize", "no",
             *self.extra_args,
         ]  # fmt: skip
-        self.process = subprocess.Popen(  # noqa: S603 - our own binary and arguments
+        self.process = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
         )
         deadline = time.monotonic() + timeout_s

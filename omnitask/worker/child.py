@@ -7,6 +7,7 @@ child exits, for whatever reason.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -14,6 +15,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from types import FrameType
 from typing import TYPE_CHECKING, TypeVar
 
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
     from omnitask.app import OmniTask
     from omnitask.broker.client import Claim
 
-__all__ = ("Child", "IDLE_WAIT_MAX_S")
+__all__ = ("IDLE_WAIT_MAX_S", "Child")
 
 logger = logging.getLogger(__name__)
 
@@ -83,10 +85,8 @@ class Child:
             WorkerInfo(self.worker, self.queues, os.getpid(), self.consumer)
         )
         executor = Executor(self.app, self.consumer, self._retrying)
-        try:
+        with contextlib.suppress(_Stop):
             self._loop(executor)
-        except _Stop:
-            pass
         logger.debug("child stopped consumer=%s", self.consumer)
 
     def _on_term(self, signum: int, frame: FrameType | None) -> None:
@@ -118,7 +118,7 @@ class Child:
         claim: Claim | None = None
         for i in range(count):
             queue = self.queues[(self._next_queue + i) % count]
-            claim = self._retrying(lambda q=queue: self.app.broker.claim(q, self.consumer, 1))
+            claim = self._retrying(partial(self.app.broker.claim, queue, self.consumer, 1))
             if claim.tasks:
                 self._next_queue = (self._next_queue + i + 1) % count
                 return queue, claim
@@ -144,7 +144,9 @@ class Child:
                 return step()
             except (RedisConnectionError, RedisTimeoutError) as exc:
                 if not warned:
-                    logger.warning("redis unreachable, retrying consumer=%s error=%s", self.consumer, exc)
+                    logger.warning(
+                        "redis unreachable, retrying consumer=%s error=%s", self.consumer, exc
+                    )
                     warned = True
                 if os.getppid() != self.parent_pid:
                     raise _Stop from None

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timezone
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
@@ -92,7 +92,9 @@ class Executor:
         try:
             args, kwargs = decode_call(get_serializer(envelope.serializer), envelope.payload)
         except Exception as exc:  # noqa: BLE001 - any decoder error means the same thing here
-            self._bury(queue, claimed.body, "undecodable", f"{type(exc).__name__}: {exc}", envelope, task)
+            self._bury(
+                queue, claimed.body, "undecodable", f"{type(exc).__name__}: {exc}", envelope, task
+            )
             return None
         request = Request(
             id=envelope.id,
@@ -120,7 +122,9 @@ class Executor:
         codec = get_serializer(task.serializer)
         ttl_ms = int(task.result_ttl_s * 1000)
         if task.track_started:
-            started = ResultRecord(TaskState.STARTED.value, now_ms(), task.name, worker=self.consumer)
+            started = ResultRecord(
+                TaskState.STARTED.value, now_ms(), task.name, worker=self.consumer
+            )
             data = encode_result_record(started)
             self._io(lambda: self.broker.set_state(envelope.id, data, ttl_ms))
         self.app.signals.task_prerun.send(request)
@@ -211,7 +215,11 @@ class Executor:
             "exception",
             f"{name.replace(':', '.')}: {message}"[:1000],
         )
-        result = None if task.ignore_result else (encode_result_record(record), int(task.result_ttl_s * 1000))
+        result = (
+            None
+            if task.ignore_result
+            else (encode_result_record(record), int(task.result_ttl_s * 1000))
+        )
         claim = self._ack(queue, body, envelope.id, result, event, claim_next)
         outcome = Outcome(
             request, TaskState.FAILURE.value, exception=exc, traceback=trace, runtime_s=runtime
@@ -290,7 +298,11 @@ class Executor:
             TaskState.REVOKED.value, now_ms(), task.name, exc_message=reason, worker=self.consumer
         )
         event = self._event("task-revoked", *self._fields(envelope, queue), "reason", reason)
-        result = None if task.ignore_result else (encode_result_record(record), int(task.result_ttl_s * 1000))
+        result = (
+            None
+            if task.ignore_result
+            else (encode_result_record(record), int(task.result_ttl_s * 1000))
+        )
         return self._ack(queue, body, envelope.id, result, event, claim_next)
 
     def _bury(
@@ -332,7 +344,9 @@ class Executor:
                 )
                 result = (encode_result_record(record), int(ttl_s * 1000))
         event = self._event("task-rejected", *event_fields)
-        self._io(lambda: self.broker.bury(queue, self.consumer, body, fields, task_id, result, event))
+        self._io(
+            lambda: self.broker.bury(queue, self.consumer, body, fields, task_id, result, event)
+        )
 
 
 # Results of dead-lettered tasks fail with a type the caller can catch by name.
@@ -348,4 +362,3 @@ _MSGPACK = get_serializer("msgpack")
 
 def _datetime(ms: int | None) -> datetime | None:
     return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
-

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -20,6 +21,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from types import FrameType
@@ -47,7 +49,9 @@ TICK_S = 0.5
 COLD_KILL_GRACE_S = 5.0
 
 
-def _child_main(app: OmniTask, queues: Sequence[str], consumer: str, worker: str, ppid: int) -> None:
+def _child_main(
+    app: OmniTask, queues: Sequence[str], consumer: str, worker: str, ppid: int
+) -> None:
     Child(app, queues, consumer, worker, ppid).run()
 
 
@@ -167,7 +171,7 @@ class Supervisor:
     def _hand_back(self, consumer: str, *, count_delivery: bool) -> None:
         for queue in self.queues:
             self._redis_step(
-                lambda q=queue: self.app.broker.requeue(q, consumer, count_delivery=count_delivery),
+                partial(self.app.broker.requeue, queue, consumer, count_delivery=count_delivery),
                 what="hand back",
                 retry_for_s=10.0,
             )
@@ -176,12 +180,16 @@ class Supervisor:
         consumers = list(self.children)
         for queue in self.queues:
             expired = self._redis_step(
-                lambda q=queue: self.app.broker.renew(q, consumers), what="renew leases"
+                partial(self.app.broker.renew, queue, consumers), what="renew leases"
             )
             for dead in expired or ():
                 moved = self._redis_step(
-                    lambda q=queue, d=dead: self.app.broker.requeue(
-                        q, d, count_delivery=True, only_if_expired=True
+                    partial(
+                        self.app.broker.requeue,
+                        queue,
+                        dead,
+                        count_delivery=True,
+                        only_if_expired=True,
                     ),
                     what="reclaim",
                 )
@@ -273,8 +281,5 @@ class Supervisor:
     @staticmethod
     def _kill(process: BaseProcess, signum: int) -> None:
         if process.pid is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(process.pid, signum)
-            except ProcessLookupError:
-                pass
-

@@ -93,12 +93,14 @@ def test_unknown_task_name() -> None:
 
 
 def test_bad_arguments_fail_at_call_time() -> None:
-    with pytest.raises(TypeError, match="task 'tests.apps.basic.add': missing a required"):
+    with pytest.raises(TypeError, match=r"task 'tests\.apps\.basic\.add': missing a required"):
         basic.add.delay(1)  # type: ignore[call-arg]
 
 
 def test_unserializable_argument_names_task_and_argument() -> None:
-    with pytest.raises(SerializationError, match=r"argument 'value' of task 'tests\.apps\.basic\.echo'"):
+    with pytest.raises(
+        SerializationError, match=r"argument 'value' of task 'tests\.apps\.basic\.echo'"
+    ):
         basic.echo.delay(value=object())
 
 

@@ -31,7 +31,11 @@ def test_environment_values_are_parsed() -> None:
 @pytest.mark.parametrize(
     ("settings", "env", "match"),
     [
-        ({}, {"OMNITASK_LEASE_S": "soon"}, r"lease_s \(from environment variable OMNITASK_LEASE_S\)"),
+        (
+            {},
+            {"OMNITASK_LEASE_S": "soon"},
+            r"lease_s \(from environment variable OMNITASK_LEASE_S\)",
+        ),
         ({"lease_s": -1}, {}, "lease_s"),
         ({"default_priority": 12}, {}, "default_priority"),
         ({"broker_url": "http://x"}, {}, "broker_url"),
