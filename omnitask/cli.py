@@ -108,9 +108,7 @@ def _worker(app: OmniTask, args: argparse.Namespace) -> int:
     for queue in queues:
         app.keys.queue(queue)
     app.connect()
-    supervisor = Supervisor(
-        app, queues, app.conf.concurrency, name=args.hostname, app_spec=args.app
-    )
+    supervisor = Supervisor(app, queues, app.conf.concurrency, name=args.hostname)
     print(_banner(app, supervisor.name, queues, app.conf.concurrency), flush=True)  # noqa: T201
     return supervisor.run()
 

@@ -11,7 +11,7 @@ from redis.exceptions import NoScriptError
 
 from omnitask.broker import commands as cmd
 from omnitask.broker.keys import WAKE_TOKENS_MAX, Keyspace, QueueKeys
-from omnitask.broker.scripts import CLAIM, RENEW, REQUEUE, SCRIPTS, Script
+from omnitask.broker.scripts import BURY, CLAIM, RENEW, REQUEUE, RETRY, SCRIPTS, Script
 from omnitask.config import Config
 
 __all__ = ("Broker", "Claim", "Claimed")
@@ -50,10 +50,18 @@ class Broker:
     at a time per method call (redis-py's pool hands each call its own connection).
     """
 
-    def __init__(self, config: Config, keys: Keyspace) -> None:
-        """Prepare clients for ``config.broker_url`` and ``config.result_url``."""
+    def __init__(
+        self, config: Config, keys: Keyspace, *, socket_timeout_s: float | None = None
+    ) -> None:
+        """Prepare clients for ``config.broker_url`` and ``config.result_url``.
+
+        ``socket_timeout_s`` bounds every reply wait; leave it None for clients that block in
+        Redis (``get()``, idle workers), set it where a half-open connection must not hang
+        (the supervisor renewing leases).
+        """
         self.config = config
         self.keys = keys
+        self.socket_timeout_s = socket_timeout_s
         self.redis = self._client(config.broker_url)
         self.shared_results = config.result_url == config.broker_url
         self.results = self.redis if self.shared_results else self._client(config.result_url)
@@ -63,6 +71,7 @@ class Broker:
         return redis.Redis.from_url(
             url,
             socket_connect_timeout=self.config.connect_timeout_s,
+            socket_timeout=self.socket_timeout_s,
             socket_keepalive=True,
         )
 
@@ -97,19 +106,37 @@ class Broker:
         """Run ``commands`` on the broker in one MULTI (one atomic step)."""
         return self._multi(self.redis, commands)
 
-    def _multi(self, client: redis.Redis, commands: Sequence[cmd.Command]) -> list[Any]:
+    def _multi(
+        self, client: redis.Redis, commands: Sequence[cmd.Command], essential: int | None = None
+    ) -> list[Any]:
+        """Run ``commands`` in one MULTI and return their replies.
+
+        A command inside MULTI can fail at run time (a key of the wrong type) while the others
+        apply. When one of the first ``essential`` commands failed, the step did not happen:
+        raise. When only a later one failed (an event not published), the step happened:
+        log it rather than raise, since running the step again would repeat what applied.
+        """
         pipe = client.pipeline(transaction=True)
         for command in commands:
             pipe.execute_command(*command)  # type: ignore[no-untyped-call]
-        return pipe.execute()
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        limit = len(replies) if essential is None else essential
+        for i, reply in enumerate(replies):
+            if isinstance(reply, Exception):
+                if i < limit:
+                    raise reply
+                logger.error("redis command failed command=%s error=%s", commands[i][0], reply)
+        return replies
 
-    def _write(self, result: list[cmd.Command], commands: list[cmd.Command]) -> list[Any]:
-        """Run ``result`` and ``commands`` atomically, or result first on a separate backend."""
+    def _write(
+        self, result: list[cmd.Command], commands: list[cmd.Command], essential: int
+    ) -> list[Any]:
+        """Run ``commands`` and ``result`` in one MULTI, or result first on a separate backend."""
         if self.shared_results:
-            return self._multi(self.redis, commands + result)
+            return self._multi(self.redis, commands + result, essential)
         if result:
             self._multi(self.results, result)
-        return self._multi(self.redis, commands)
+        return self._multi(self.redis, commands, essential)
 
     # -- transitions ------------------------------------------------------------------------
 
@@ -119,16 +146,20 @@ class Broker:
         """Queue envelopes (``bytes, priority, due ms or None, id, name``) in one MULTI."""
         qk = self.keys.queue(queue)
         commands = cmd.enqueue(qk, envelopes, self.keys.events, self._events_maxlen)
+        # The RPUSH / ZADD commands come first: if one fails, the tasks were not queued.
+        essential = sum(1 for c in commands if c[0] in ("RPUSH", "ZADD"))
         if queue not in self._known_queues:
             commands.append(("SADD", self.keys.queues, queue))
-        self._multi(self.redis, commands)
+        self._multi(self.redis, commands, essential)
         self._known_queues.add(queue)
 
     @property
     def _events_maxlen(self) -> int:
         return self.config.events_maxlen if self.config.events else 0
 
-    def _claim_args(self, qk: QueueKeys, consumer: str, n: int) -> tuple[list[str], list[Any]]:
+    def _claim_args(
+        self, qk: QueueKeys, consumer: str, n: int, held: int = 0
+    ) -> tuple[list[str], list[Any]]:
         keys = [qk.delayed, qk.proc(consumer), qk.consumers, qk.deliveries, qk.wake]
         keys += [self.keys.events, *qk.ready]
         args = [
@@ -140,12 +171,17 @@ class Broker:
             self.config.default_priority,
             PROMOTE_MAX,
             WAKE_TOKENS_MAX,
+            held,
         ]
         return keys, args
 
-    def claim(self, queue: str, consumer: str, n: int = 1) -> Claim:
-        """Claim up to ``n`` tasks of ``queue`` for ``consumer`` (highest priority first)."""
-        keys, args = self._claim_args(self.keys.queue(queue), consumer, n)
+    def claim(self, queue: str, consumer: str, n: int = 1, held: int = 0) -> Claim:
+        """Claim up to ``n`` tasks of ``queue`` for ``consumer`` (highest priority first).
+
+        ``held`` is how many tasks the consumer knows it holds; any more in its in-flight list
+        were claimed by a call whose reply was lost, and are returned again.
+        """
+        keys, args = self._claim_args(self.keys.queue(queue), consumer, n, held)
         return _parse_claim(self._eval(CLAIM, keys, args))
 
     def ack(
@@ -166,21 +202,19 @@ class Broker:
         qk = self.keys.queue(queue)
         result_cmds = self._result_commands(task_id, result)
         commands = cmd.ack(qk, consumer, body, task_id, final_event)
-        if claim_next and self.shared_results:
-            keys, args = self._claim_args(qk, consumer, claim_next)
-            claim: cmd.Command = ("EVALSHA", CLAIM.sha, len(keys), *keys, *args)
-            pipe = self.redis.pipeline(transaction=True)
-            for command in (*commands, *result_cmds, claim):
-                pipe.execute_command(*command)  # type: ignore[no-untyped-call]
-            replies = pipe.execute(raise_on_error=False)
-            reply = replies[-1]
-            if isinstance(reply, NoScriptError):
-                return bool(replies[0]), self.claim(queue, consumer, claim_next)
-            if isinstance(reply, Exception):
-                raise reply
-            return bool(replies[0]), _parse_claim(reply)
-        replies = self._write(result_cmds, commands)
-        return bool(replies[0]), (self.claim(queue, consumer, claim_next) if claim_next else None)
+        if not (claim_next and self.shared_results):
+            held = bool(self._write(result_cmds, commands, essential=1)[0])
+            return held, (self.claim(queue, consumer, claim_next) if claim_next else None)
+        keys, args = self._claim_args(qk, consumer, claim_next)
+        claim: cmd.Command = ("EVALSHA", CLAIM.sha, len(keys), *keys, *args)
+        replies = self._multi(self.redis, [*commands, *result_cmds, claim], essential=1)
+        held, reply = bool(replies[0]), replies[-1]
+        if isinstance(reply, NoScriptError):
+            # Redis restarted and forgot its scripts; the ack itself applied.
+            return held, self.claim(queue, consumer, claim_next)
+        if isinstance(reply, Exception):
+            return held, None  # logged by _multi; the caller claims on its own next
+        return held, _parse_claim(reply)
 
     def _result_commands(self, task_id: str, result: tuple[bytes, int] | None) -> list[cmd.Command]:
         if result is None:
@@ -196,15 +230,39 @@ class Broker:
         fields: Sequence[str | bytes],
         task_id: str | None,
         result: tuple[bytes, int] | None,
-        rejected_event: cmd.Command | None,
-    ) -> None:
-        """Move a message to the queue's dead letters; with a task id, record its failure."""
+        event_fields: Sequence[str],
+    ) -> bool:
+        """Move a message to the queue's dead letters; with a result, record its failure.
+
+        Returns False when ``consumer`` no longer held it (see ``lua/bury.lua``).
+        """
         qk = self.keys.queue(queue)
-        commands = cmd.bury(
-            qk, consumer, body, fields, self.config.dead_letter_maxlen, task_id, rejected_event
-        )
-        result_cmds = self._result_commands(task_id, result) if task_id else []
-        self._write(result_cmds, commands)
+        tid = task_id or ""
+        record, ttl_ms = result if result is not None else (b"", 0)
+        if result is not None and not self.shared_results:
+            self._multi(self.results, self._result_commands(tid, result))
+            record = b""
+        keys = [
+            qk.proc(consumer or ""),
+            qk.dead,
+            qk.deliveries,
+            self.keys.events,
+            self.keys.result(tid),
+            self.keys.state(tid),
+        ]
+        args = [
+            body,
+            int(consumer is not None),
+            self.config.dead_letter_maxlen,
+            tid,
+            record,
+            ttl_ms,
+            self._events_maxlen,
+            len(fields),
+            *fields,
+            *event_fields,
+        ]
+        return bool(self._eval(BURY, keys, args))
 
     def retry(
         self,
@@ -216,13 +274,38 @@ class Broker:
         due_ms: int | None,
         task_id: str,
         state: tuple[bytes, int],
-        retried_event: cmd.Command | None,
-    ) -> None:
-        """Put a failed task back (now or at ``due_ms``) and record its RETRY state."""
+        event_fields: Sequence[str],
+    ) -> bool:
+        """Put a failed task back (now or at ``due_ms``) and record its RETRY state.
+
+        Returns False when ``consumer`` no longer held it (see ``lua/retry.lua``).
+        """
         qk = self.keys.queue(queue)
-        commands = cmd.retry(qk, consumer, body, new_body, priority, due_ms, task_id, retried_event)
         record, ttl_ms = state
-        self._write(cmd.set_state(self.keys.state(task_id), record, ttl_ms), commands)
+        if not self.shared_results:
+            self.set_state(task_id, record, ttl_ms)
+            record = b""
+        keys = [
+            qk.proc(consumer),
+            qk.deliveries,
+            qk.ready[priority],
+            qk.delayed,
+            qk.wake,
+            self.keys.events,
+            self.keys.state(task_id),
+        ]
+        args = [
+            body,
+            new_body,
+            "" if due_ms is None else due_ms,
+            task_id,
+            record,
+            ttl_ms,
+            self._events_maxlen,
+            WAKE_TOKENS_MAX,
+            *event_fields,
+        ]
+        return bool(self._eval(RETRY, keys, args))
 
     def set_state(self, task_id: str, record: bytes, ttl_ms: int) -> None:
         """Record a non-final state (STARTED, RETRY, progress) of a task."""

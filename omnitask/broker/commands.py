@@ -1,4 +1,4 @@
-"""The write-only transitions, as lists of Redis commands that a client runs in one MULTI.
+"""The write-only hot transitions (enqueue, ack), as Redis commands a client runs in one MULTI.
 
 Pure functions, no I/O: the sync and async clients both execute what these return, so the
 protocol is written once. Each list is one atomic step: a crash either applies all of it or
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from omnitask.broker.keys import WAKE_TOKENS_MAX, QueueKeys
 
-__all__ = ("Command", "ack", "bury", "enqueue", "event", "retry", "set_state", "store_result")
+__all__ = ("Command", "ack", "enqueue", "event", "set_state", "store_result")
 
 Command = tuple[str | bytes | int | float, ...]
 """One Redis command and its arguments."""
@@ -102,64 +102,4 @@ def ack(
     ]
     if final_event is not None:
         commands.append(final_event)
-    return commands
-
-
-def bury(
-    queue: QueueKeys,
-    consumer: str | None,
-    body: bytes,
-    fields: Sequence[str | bytes],
-    dead_maxlen: int,
-    task_id: str | None,
-    rejected_event: Command | None,
-) -> list[Command]:
-    """Commands that move a message aside to the queue's dead letters, with its reason.
-
-    Args:
-        queue: The queue the message was read from.
-        consumer: The consumer holding it, or None when it was never claimed.
-        body: The message bytes, kept as they were (they may not be an envelope at all).
-        fields: Extra ``name, value`` pairs stored with the dead letter (reason, error ...).
-        dead_maxlen: Approximate number of dead letters the queue keeps.
-        task_id: The task id when the message could be read, else None.
-        rejected_event: The task-rejected event, or None.
-    """
-    commands: list[Command] = []
-    if consumer is not None:
-        commands.append(("LREM", queue.proc(consumer), 1, body))
-    commands.append(("XADD", queue.dead, "MAXLEN", "~", dead_maxlen, "*", "msg", body, *fields))
-    if task_id is not None:
-        commands.append(("HDEL", queue.deliveries, task_id))
-    if rejected_event is not None:
-        commands.append(rejected_event)
-    return commands
-
-
-def retry(
-    queue: QueueKeys,
-    consumer: str,
-    body: bytes,
-    new_body: bytes,
-    priority: int,
-    due_ms: int | None,
-    task_id: str,
-    retried_event: Command | None,
-) -> list[Command]:
-    """Commands that put a failed task back for another run, as ``new_body``.
-
-    It goes to the tail of its priority's ready list, or to the delayed set when ``due_ms`` is
-    given; its RETRY state is written with :func:`set_state` in the same step.
-    """
-    commands: list[Command] = [
-        ("LREM", queue.proc(consumer), 1, body),
-        ("HDEL", queue.deliveries, task_id),
-    ]
-    if due_ms is None:
-        commands.append(("RPUSH", queue.ready[priority], new_body))
-    else:
-        commands.append(("ZADD", queue.delayed, due_ms, new_body))
-    commands += [("LPUSH", queue.wake, "1"), ("LTRIM", queue.wake, 0, WAKE_TOKENS_MAX - 1)]
-    if retried_event is not None:
-        commands.append(retried_event)
     return commands

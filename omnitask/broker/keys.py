@@ -17,7 +17,7 @@ This docstring is the key schema. ``P`` is the key prefix (``ot`` by default), `
 | ``P:{A}:s:<task id>`` | STRING | the latest non-final state (STARTED, RETRY, progress) | result TTL |
 | ``P:{A}:events`` | STREAM | lifecycle events | ``events_maxlen`` (approx.) |
 | ``P:{A}:queues`` | SET | names of the queues the app has used | its queues |
-| ``P:{A}:workers`` | ZSET | live worker names, score = last heartbeat (unix ms) | pruned on read |
+| ``P:{A}:workers`` | ZSET | live worker names, score = last heartbeat (unix ms) | pruned by heartbeats |
 
 Envelopes sit inline in the ready lists (about 100 bytes of Redis memory each) instead of a
 ZSET of ids plus a HASH of bodies (about 350 bytes), which is why priorities are ten lists.

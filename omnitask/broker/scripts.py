@@ -1,9 +1,9 @@
 """The Lua scripts of the protocol, loaded from ``lua/*.lua`` and shared by every client.
 
-A transition is a Lua script only when it must read before it writes (claim, requeue, renew);
-the write-only ones (enqueue, ack, bury) are MULTI blocks built in ``commands.py``, because on
-this protocol's hot paths a script call costs about 30 µs of Redis CPU more than the same
-commands in MULTI (measured with ``INFO commandstats``).
+A transition is a Lua script when it must read before it writes (claim, requeue, renew) or
+must check that the consumer still holds a task before changing it (retry, bury). The hot
+write-only ones (enqueue, ack) are MULTI blocks built in ``commands.py``: a script call costs
+about 30 µs of Redis CPU more than the same commands in MULTI (``INFO commandstats``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from importlib import resources
 
-__all__ = ("CLAIM", "RENEW", "REQUEUE", "SCRIPTS", "Script")
+__all__ = ("BURY", "CLAIM", "RENEW", "REQUEUE", "RETRY", "SCRIPTS", "Script")
 
 
 class Script:
@@ -39,4 +39,6 @@ def _load(name: str) -> Script:
 CLAIM = _load("claim")
 REQUEUE = _load("requeue")
 RENEW = _load("renew")
-SCRIPTS: tuple[Script, ...] = (CLAIM, REQUEUE, RENEW)
+RETRY = _load("retry")
+BURY = _load("bury")
+SCRIPTS: tuple[Script, ...] = (CLAIM, REQUEUE, RENEW, RETRY, BURY)

@@ -41,6 +41,8 @@ IDLE_WAIT_MAX_S = 5.0
 
 _PR_SET_PDEATHSIG = 1
 
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
 
 class _Stop(BaseException):
     """Raised by the SIGTERM handler to leave a blocking wait when no task is running."""
@@ -78,8 +80,12 @@ class Child:
         _die_with_parent()
         if os.getppid() != self.parent_pid:  # the parent died before prctl took effect
             return
+        # The supervisor forks with SIGTERM and SIGINT blocked, so none is lost before these
+        # handlers exist; its wake-up fd is its own.
+        signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
         signal.signal(signal.SIGTERM, self._on_term)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         self.app.after_fork()
         self.app.signals.worker_process_init.send(
             WorkerInfo(self.worker, self.queues, os.getpid(), self.consumer)
@@ -113,8 +119,13 @@ class Child:
                 self._busy = False
 
     def _claim_any(self) -> tuple[str, Claim]:
-        """Claim from the queues in turn, starting after the last one served (fairness)."""
+        """Claim from the queues in turn, starting after the last one served (fairness).
+
+        With nothing to claim anywhere, the claim returned carries the earliest due time of
+        every queue's delayed tasks, so the idle wait ends when the first of them is due.
+        """
         count = len(self.queues)
+        due: list[int] = []
         claim: Claim | None = None
         for i in range(count):
             queue = self.queues[(self._next_queue + i) % count]
@@ -122,8 +133,10 @@ class Child:
             if claim.tasks:
                 self._next_queue = (self._next_queue + i + 1) % count
                 return queue, claim
+            if claim.next_due_ms is not None:
+                due.append(claim.next_due_ms)
         assert claim is not None
-        return self.queues[0], claim
+        return self.queues[0], claim._replace(next_due_ms=min(due, default=None))
 
     def _idle(self, claim: Claim) -> None:
         wait = IDLE_WAIT_MAX_S

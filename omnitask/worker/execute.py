@@ -261,8 +261,7 @@ class Executor:
             worker=self.consumer,
             retries=retries,
         )
-        event = self._event(
-            "task-retried",
+        event_fields = (
             *self._fields(envelope, queue),
             "retries",
             str(retries),
@@ -280,7 +279,7 @@ class Executor:
                 None,
                 envelope.id,
                 state,
-                event,
+                event_fields,
             )
         )
 
@@ -343,9 +342,10 @@ class Executor:
                     retries=envelope.retries,
                 )
                 result = (encode_result_record(record), int(ttl_s * 1000))
-        event = self._event("task-rejected", *event_fields)
         self._io(
-            lambda: self.broker.bury(queue, self.consumer, body, fields, task_id, result, event)
+            lambda: self.broker.bury(
+                queue, self.consumer, body, fields, task_id, result, event_fields
+            )
         )
 
 

@@ -1,13 +1,15 @@
 """The worker's main process: starts the children, watches them, renews their leases.
 
-- A child that dies is replaced at once, and its in-flight tasks are handed back to their
-  queues at once (counted as a delivery, so a task that keeps killing its process ends in the
-  dead letters).
-- Every ``lease_s / 3`` it renews its children's leases and hands back the tasks of consumers
-  whose lease expired: those of workers that died whole.
+- A child that dies is replaced, and its in-flight tasks are handed back to their queues at
+  once (counted as a delivery, so a task that keeps killing its process ends in the dead
+  letters). A child that keeps dying at start-up is replaced with a growing delay.
+- Every ``lease_s / 3`` it renews its children's leases (at once again after a failure) and
+  hands back the tasks of consumers whose lease expired: those of workers that died whole.
+  It does so only once it has itself been connected to Redis for a whole lease: after an
+  outage every lease looks expired, and live workers must get the time to renew theirs.
 - SIGTERM / SIGINT: warm shutdown. Children finish the task they run (up to
   ``shutdown_timeout_s``) and take no new one; whatever is left is handed back; exit 0.
-  A second signal: cold shutdown, running tasks are stopped and handed back at once.
+  A second signal (or SIGQUIT): cold shutdown, running tasks are stopped and handed back.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from multiprocessing.connection import wait
+from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import TYPE_CHECKING, TypeVar
@@ -30,6 +33,7 @@ from typing import TYPE_CHECKING, TypeVar
 from redis.exceptions import RedisError
 
 from omnitask.broker import commands as cmd
+from omnitask.broker.client import Broker
 from omnitask.context import WorkerInfo
 from omnitask.messages import now_ms
 from omnitask.worker.child import Child
@@ -48,6 +52,14 @@ TICK_S = 0.5
 
 COLD_KILL_GRACE_S = 5.0
 
+STALE_HEARTBEATS = 10
+"""A worker silent for this many heartbeat intervals is dropped from the worker list."""
+
+QUICK_DEATH_S = 1.0
+"""A child that dies sooner than this after its start delays its replacement (backoff)."""
+
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
 
 def _child_main(
     app: OmniTask, queues: Sequence[str], consumer: str, worker: str, ppid: int
@@ -59,50 +71,63 @@ class Supervisor:
     """Runs a worker: ``concurrency`` children consuming ``queues`` of ``app``."""
 
     def __init__(
-        self,
-        app: OmniTask,
-        queues: Sequence[str],
-        concurrency: int,
-        *,
-        name: str | None = None,
-        app_spec: str = "",
+        self, app: OmniTask, queues: Sequence[str], concurrency: int, *, name: str | None = None
     ) -> None:
         """Prepare the worker; nothing starts until :meth:`run`."""
         self.app = app
         self.queues = tuple(queues)
         self.concurrency = concurrency
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
-        self.app_spec = app_spec
         self.children: dict[str, BaseProcess] = {}
+        self._started: dict[str, float] = {}
+        self._killed: set[str] = set()
         self._signals: list[int] = []
         self._spawned = 0
         # Consumer ids must never repeat, even when a restarted worker gets the same pid (a
         # container's pid 1): a stale lease under the same id would be renewed, not reclaimed.
         self._nonce = os.urandom(3).hex()
-        self._wake_r, self._wake_w = -1, -1
+        self._wake_r = -1
+        self._healthy_since: float | None = None
+        self._respawn_delay = 0.0
+        self._broker: Broker | None = None
+
+    @property
+    def broker(self) -> Broker:
+        """The supervisor's own connection to Redis, with a socket timeout.
+
+        A half-open connection must not stall lease renewal for longer than a third of a lease.
+        """
+        if self._broker is None:
+            timeout = max(self.app.conf.lease_s / 3, 1.0)
+            self._broker = Broker(self.app.conf, self.app.keys, socket_timeout_s=timeout)
+        return self._broker
 
     # -- life cycle ---------------------------------------------------------------------------
 
     def run(self) -> int:
         """Run until stopped by a signal; return the process exit code."""
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_w, False)
-        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        self._wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        for signum in (*_STOP_SIGNALS, signal.SIGQUIT):
             signal.signal(signum, self._on_signal)
         ctx = multiprocessing.get_context("fork")
-        for _ in range(self.concurrency):
-            self._spawn(ctx)
         info = WorkerInfo(self.name, self.queues, os.getpid())
-        self._publish("worker-online")
-        self.app.signals.worker_ready.send(info)
-        logger.info("worker ready name=%s concurrency=%d", self.name, self.concurrency)
-        print(f"omnitask worker {self.name} ready", flush=True)  # noqa: T201 - a readiness line
         try:
+            for _ in range(self.concurrency):
+                self._spawn(ctx)
+            self._publish("worker-online")
+            self.app.signals.worker_ready.send(info)
+            logger.info("worker ready name=%s concurrency=%d", self.name, self.concurrency)
+            print(f"omnitask worker {self.name} ready", flush=True)  # noqa: T201 - readiness
             self._supervise(ctx)
         finally:
+            # Also on an unexpected error: children must not outlive a supervisor that no
+            # longer renews their leases, and what they held goes back to the queue.
+            self._stop_children(signal.SIGKILL)
             self.app.signals.worker_shutdown.send(info)
             self._publish("worker-offline")
+            self.broker.close()
             self.app.close()
         logger.info("worker stopped name=%s", self.name)
         return 0
@@ -110,7 +135,7 @@ class Supervisor:
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._signals.append(signum)
 
-    def _spawn(self, ctx: multiprocessing.context.BaseContext) -> None:
+    def _spawn(self, ctx: BaseContext) -> None:
         # The consumer id names the child's in-flight lists; a replacement child gets a new one.
         self._spawned += 1
         consumer = f"{self.name}/{self._nonce}.{self._spawned}"
@@ -120,11 +145,18 @@ class Supervisor:
             name=f"omnitask-child {consumer}",
             daemon=False,
         )
-        process.start()
+        # Blocked across the fork, so a SIGTERM arriving before the child has installed its
+        # own handler waits for it instead of hitting the supervisor's handler in the child.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         self.children[consumer] = process
+        self._started[consumer] = time.monotonic()
         logger.debug("child started consumer=%s pid=%s", consumer, process.pid)
 
-    def _supervise(self, ctx: multiprocessing.context.BaseContext) -> None:
+    def _supervise(self, ctx: BaseContext) -> None:
         renew_every = self.app.conf.lease_s / 3
         heartbeat_every = self.app.conf.heartbeat_interval_s
         next_renew = next_heartbeat = 0.0
@@ -135,114 +167,129 @@ class Supervisor:
                 return
             now = time.monotonic()
             if now >= next_renew:
-                self._renew()
-                next_renew = now + renew_every
+                # A failed renewal is tried again next tick, not a third of a lease later.
+                next_renew = now + (renew_every if self._renew() else TICK_S)
             if now >= next_heartbeat:
                 self._publish("worker-heartbeat")
                 next_heartbeat = now + heartbeat_every
-            timeout = max(0.0, min(next_renew, next_heartbeat) - time.monotonic(), 0)
-            sentinels = [p.sentinel for p in self.children.values()]
-            wait([*sentinels, self._wake_r], timeout=min(timeout, TICK_S))
-            self._drain_wakeup()
+            timeout = max(0.0, min(next_renew, next_heartbeat) - time.monotonic())
+            self._wait(min(timeout, TICK_S))
 
-    def _drain_wakeup(self) -> None:
+    def _wait(self, timeout_s: float) -> None:
+        wait([*(p.sentinel for p in self.children.values()), self._wake_r], timeout=timeout_s)
         while select.select([self._wake_r], [], [], 0)[0]:
             if not os.read(self._wake_r, 512):
                 break
 
-    def _reap(self, respawn: multiprocessing.context.BaseContext | None) -> None:
+    def _reap(self, respawn: BaseContext | None) -> None:
         for consumer, process in list(self.children.items()):
             if process.is_alive():
                 continue
             process.join()
             del self.children[consumer]
-            crashed = respawn is not None
-            if crashed:
+            started = self._started.pop(consumer)
+            # Our own kills (shutdown) and clean exits after SIGTERM are not the task's fault.
+            ours = consumer in self._killed or (respawn is None and process.exitcode == 0)
+            self._killed.discard(consumer)
+            if not ours:
                 logger.error(
                     "child died consumer=%s pid=%s exitcode=%s; its tasks go back to the queue",
                     consumer,
                     process.pid,
                     process.exitcode,
                 )
-            self._hand_back(consumer, count_delivery=crashed)
+            self._hand_back(consumer, count_delivery=not ours)
             if respawn is not None:
+                self._backoff(time.monotonic() - started)
                 self._spawn(respawn)
+
+    def _backoff(self, lived_s: float) -> None:
+        if lived_s >= QUICK_DEATH_S:
+            self._respawn_delay = 0.0
+            return
+        # A child dying at start-up (a broken import, no memory) must not fork in a loop.
+        self._respawn_delay = min(max(self._respawn_delay * 2, 0.1), 5.0)
+        logger.warning("child died at start-up; next one in %.1f s", self._respawn_delay)
+        self._wait(self._respawn_delay)
 
     def _hand_back(self, consumer: str, *, count_delivery: bool) -> None:
         for queue in self.queues:
             self._redis_step(
-                partial(self.app.broker.requeue, queue, consumer, count_delivery=count_delivery),
+                partial(self.broker.requeue, queue, consumer, count_delivery=count_delivery),
                 what="hand back",
                 retry_for_s=10.0,
             )
 
-    def _renew(self) -> None:
+    def _renew(self) -> bool:
         consumers = list(self.children)
+        renewed = True
         for queue in self.queues:
-            expired = self._redis_step(
-                partial(self.app.broker.renew, queue, consumers), what="renew leases"
+            expired = self._redis_step(partial(self.broker.renew, queue, consumers), what="renew")
+            renewed = renewed and expired is not None
+            if expired and self._may_reclaim():
+                for dead in expired:
+                    self._reclaim(queue, dead)
+        return renewed
+
+    def _may_reclaim(self) -> bool:
+        since = self._healthy_since
+        return since is not None and time.monotonic() - since >= self.app.conf.lease_s
+
+    def _reclaim(self, queue: str, consumer: str) -> None:
+        moved = self._redis_step(
+            partial(
+                self.broker.requeue, queue, consumer, count_delivery=True, only_if_expired=True
+            ),
+            what="reclaim",
+        )
+        if moved:
+            logger.warning(
+                "lease expired consumer=%s queue=%s: %s task(s) handed back", consumer, queue, moved
             )
-            for dead in expired or ():
-                moved = self._redis_step(
-                    partial(
-                        self.app.broker.requeue,
-                        queue,
-                        dead,
-                        count_delivery=True,
-                        only_if_expired=True,
-                    ),
-                    what="reclaim",
-                )
-                if moved:
-                    logger.warning(
-                        "lease expired consumer=%s queue=%s: %s task(s) handed back",
-                        dead,
-                        queue,
-                        moved,
-                    )
 
     def _redis_step(
         self, step: Callable[[], T], *, what: str, retry_for_s: float = 0.0
     ) -> T | None:
         """Run a Redis step; on failure retry for ``retry_for_s``, then log and give up.
 
-        The supervisor must outlive a Redis outage: a renewal missed now is made next tick.
+        The supervisor must outlive a Redis outage: what fails now is done again later (a
+        renewal next tick; a hand-back by lease expiry).
         """
         deadline = time.monotonic() + retry_for_s
         while True:
             try:
-                return step()
+                result = step()
             except RedisError as exc:
+                if self._healthy_since is not None:
+                    logger.warning("redis unreachable step=%s error=%s", what, exc)
+                self._healthy_since = None
                 if time.monotonic() >= deadline:
-                    logger.warning("redis step failed step=%s error=%s", what, exc)
                     return None
                 time.sleep(0.2)
+            else:
+                if self._healthy_since is None:
+                    self._healthy_since = time.monotonic()
+                return result
 
     def _publish(self, kind: str) -> None:
         conf = self.app.conf
         keys = self.app.keys
         commands: list[cmd.Command] = []
+        now = now_ms()
         if kind == "worker-offline":
             commands.append(("ZREM", keys.workers, self.name))
         else:
-            commands.append(("ZADD", keys.workers, now_ms(), self.name))
+            commands.append(("ZADD", keys.workers, now, self.name))
+            # Workers that were killed never say goodbye; the living prune them, so the set
+            # stays bounded by the workers seen in the last few heartbeats.
+            stale = now - int(STALE_HEARTBEATS * conf.heartbeat_interval_s * 1000)
+            commands.append(("ZREMRANGEBYSCORE", keys.workers, "-inf", stale))
         if conf.events:
-            commands.append(
-                cmd.event(
-                    keys.events,
-                    conf.events_maxlen,
-                    kind,
-                    "w",
-                    self.name,
-                    "pid",
-                    str(os.getpid()),
-                    "concurrency",
-                    str(self.concurrency),
-                    "queues",
-                    ",".join(self.queues),
-                )
-            )
-        self._redis_step(lambda: self.app.broker.run(commands), what=kind)
+            fields: tuple[str, ...] = ("w", self.name, "pid", str(os.getpid()))
+            fields += ("concurrency", str(self.concurrency))
+            fields += ("queues", ",".join(self.queues))
+            commands.append(cmd.event(keys.events, conf.events_maxlen, kind, *fields))
+        self._redis_step(partial(self.broker.run, commands), what=kind)
 
     # -- shutdown -----------------------------------------------------------------------------
 
@@ -269,11 +316,12 @@ class Supervisor:
             if remaining <= 0:
                 logger.warning("shutdown timeout: running tasks are stopped and handed back")
                 break
-            sentinels = [p.sentinel for p in self.children.values()]
-            wait([*sentinels, self._wake_r], timeout=min(remaining, TICK_S))
-            self._drain_wakeup()
-        for process in self.children.values():
-            self._kill(process, signal.SIGKILL)
+            self._wait(min(remaining, TICK_S))
+
+    def _stop_children(self, signum: int) -> None:
+        for consumer, process in self.children.items():
+            self._killed.add(consumer)
+            self._kill(process, signum)
         for process in self.children.values():
             process.join(COLD_KILL_GRACE_S)
         self._reap(respawn=None)

@@ -314,3 +314,39 @@ def test_two_apps_share_a_redis(start_worker: WorkerFactory, r: redis.Redis) -> 
     start_worker("tests.apps.other")
     assert theirs.get(timeout=5) == 1003
     assert r.keys("ot:{tother:default}:*") and r.keys("ot:{tbasic:default}:*")
+
+
+def test_dead_workers_are_pruned_from_the_worker_list(
+    start_worker: WorkerFactory, r: redis.Redis
+) -> None:
+    fast = {"OMNITASK_HEARTBEAT_INTERVAL_S": "0.1"}
+    dead = start_worker(env=fast)
+    dead.kill()
+    start_worker(env=fast)
+    key = basic.app.keys.workers
+    wait_for(lambda: r.zcard(key) == 1, timeout_s=5, what="the killed worker to be pruned")
+
+
+def test_several_queues_keep_each_delayed_due_time(start_worker: WorkerFactory) -> None:
+    start_worker("tests.apps.basic", "-Q", "a,b")
+    sent = time.time()
+    result = basic.add.apply_async((1, 1), queue="a", countdown=0.5)
+    assert result.get(timeout=5) == 2
+    assert result.date_done is not None and result.date_done.timestamp() - sent < 1.5
+
+
+def test_redis_restart_is_survived(start_worker: WorkerFactory, tmp_path: object) -> None:
+    from omnitask.testing import RedisServer
+
+    with RedisServer(appendonly=True) as server:
+        url = server.url
+        basic.app.configure(broker_url=url)
+        worker = start_worker(url=url, env={"OMNITASK_LEASE_S": "3"})
+        before = [basic.add.delay(i, i) for i in range(20)]
+        assert [r.get(timeout=5) for r in before] == [2 * i for i in range(20)]
+        server.restart()  # the AOF brings the data back; the script cache is empty
+        after = [basic.add.delay(i, 1) for i in range(20)]
+        assert [r.get(timeout=10) for r in after] == [i + 1 for i in range(20)]
+        assert worker.proc.poll() is None
+        basic.app.close()
+        worker.kill()

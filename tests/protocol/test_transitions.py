@@ -32,8 +32,8 @@ def send(app: OmniTask, i: int, **options: object) -> str:
     return call.task_id
 
 
-def claim_args(broker: Broker, consumer: str, n: int = 1) -> list[int]:
-    claim = broker.claim("default", consumer, n)
+def claim_args(broker: Broker, consumer: str, n: int = 1, held: int = 0) -> list[int]:
+    claim = broker.claim("default", consumer, n, held)
     return [int(decode_envelope(t.body).payload[2]) for t in claim.tasks]
 
 
@@ -41,9 +41,9 @@ def test_strict_priority_then_fifo(app: OmniTask) -> None:
     order = [(1, 5), (2, 0), (3, 9), (4, 5), (5, 9), (6, 0), (7, 7)]
     for i, priority in order:
         send(app, i, priority=priority)
-    claimed = [claim_args(app.broker, "c1")[0] for _ in order]
+    claimed = [claim_args(app.broker, "c1", held=held)[0] for held in range(len(order))]
     assert claimed == [3, 5, 7, 1, 4, 2, 6]
-    assert app.broker.claim("default", "c1").tasks == []
+    assert app.broker.claim("default", "c1", held=len(order)).tasks == []
 
 
 def test_claim_moves_into_proc_atomically(app: OmniTask, r: redis.Redis) -> None:
@@ -182,3 +182,52 @@ def test_separate_result_backend(redis_server: object, redis_url: str, r: redis.
         assert results.lrange(app.keys.result(call.task_id), 0, -1) == [b"rec"]
     assert not r.exists(app.keys.result(call.task_id))
     app.close()
+
+
+def test_lost_claim_reply_returns_the_orphan(app: OmniTask, r: redis.Redis) -> None:
+    send(app, 1)
+    send(app, 2)
+    app.broker.claim("default", "c1")  # suppose this reply never arrived
+    assert claim_args(app.broker, "c1") == [1]  # the same task again, not a second one
+    assert r.llen(app.keys.queue("default").proc("c1")) == 1
+
+
+def test_retry_only_while_held(app: OmniTask, r: redis.Redis) -> None:
+    task_id = send(app, 1)
+    body = app.broker.claim("default", "c1").tasks[0].body
+    state = (b"retry-record", 10_000)
+    assert app.broker.retry("default", "c1", body, b"new", 5, None, task_id, state, ["i", task_id])
+    qk = app.keys.queue("default")
+    assert r.lrange(qk.ready[5], 0, -1) == [b"new"] and r.llen(qk.proc("c1")) == 0
+    assert r.get(app.keys.state(task_id)) == b"retry-record"
+    # Run again (a lost reply) or after the lease expired: no second copy.
+    assert not app.broker.retry("default", "c1", body, b"new", 5, None, task_id, state, [])
+    assert r.llen(qk.ready[5]) == 1
+
+
+def test_bury_only_while_held(app: OmniTask, r: redis.Redis) -> None:
+    send(app, 1)
+    body = app.broker.claim("default", "c1").tasks[0].body
+    app.broker.requeue("default", "c1", count_delivery=False)  # lease lost meanwhile
+    assert not app.broker.bury("default", "c1", body, ["reason", "x"], None, None, [])
+    assert r.xlen(app.keys.queue("default").dead) == 0
+
+
+def test_errors_abort_before_anything_moves(app: OmniTask, r: redis.Redis) -> None:
+    qk = app.keys.queue("default")
+    send(app, 1)
+    r.delete(app.keys.events)
+    r.set(app.keys.events, "not a stream")  # e.g. another tool sharing the prefix
+    with pytest.raises(redis.ResponseError):
+        app.broker.claim("default", "c1")
+    assert r.llen(qk.ready[5]) == 1 and r.llen(qk.proc("c1")) == 0
+    r.delete(app.keys.events)
+    body = app.broker.claim("default", "c1").tasks[0].body
+    r.set(qk.dead, "not a stream")
+    with pytest.raises(redis.ResponseError):
+        app.broker.bury("default", "c1", body, ["reason", "x"], None, None, [])
+    assert r.lrange(qk.proc("c1"), 0, -1) == [body]  # still held, not dropped
+    r.set(qk.deliveries, "not a hash")
+    with pytest.raises(redis.ResponseError):
+        app.broker.requeue("default", "c1", count_delivery=True)
+    assert r.lrange(qk.proc("c1"), 0, -1) == [body]

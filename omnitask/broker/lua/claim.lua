@@ -1,9 +1,15 @@
 -- claim: move up to N ready envelopes, highest priority first, into a consumer's in-flight list.
 --
 -- First promotes delayed envelopes that are due (into the tail of their priority's list), then
--- pops from the head of lists 9..0 with LMOVE, so a claimed envelope is always in exactly one
--- of `ready` or `proc`: there is no instant at which a crash loses it. Refreshes the consumer's
--- lease and publishes task-received and task-started for each claimed task.
+-- takes from the head of lists 9..0 with LMOVE, so a claimed envelope is always in exactly one
+-- of `ready` or `proc`: there is no instant at which a crash loses it. Every read and every
+-- other write of a claim happens before its LMOVE, so an error (a key of the wrong type)
+-- aborts the script before anything moved. Refreshes the consumer's lease and publishes
+-- task-received and task-started for each claimed task.
+--
+-- When the proc list holds more than the caller knows of (ARGV[9]), an earlier reply was lost
+-- (the connection dropped after Redis ran the claim): those envelopes are returned again
+-- instead of claiming new ones, so none is stranded.
 --
 -- KEYS[1] delayed ZSET      KEYS[2] proc LIST (this consumer)   KEYS[3] consumers ZSET
 -- KEYS[4] deliveries HASH   KEYS[5] wake LIST                   KEYS[6] events STREAM
@@ -11,13 +17,32 @@
 -- ARGV[1] max envelopes to claim   ARGV[2] consumer id   ARGV[3] lease ms
 -- ARGV[4] events maxlen (0: publish none)   ARGV[5] queue name   ARGV[6] default priority
 -- ARGV[7] max delayed envelopes to promote   ARGV[8] max wake tokens
+-- ARGV[9] envelopes the caller holds in proc already
 -- Returns {server now ms, next due ms or -1, env 1, deliveries 1, env 2, deliveries 2, ...};
 -- "next due" is only computed when nothing was claimed (the caller then sleeps until it).
 
 local n = tonumber(ARGV[1])
 local consumer, queue = ARGV[2], ARGV[5]
 local maxlen = tonumber(ARGV[4])
+local held = tonumber(ARGV[9])
 local now = ot_now()
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), consumer)
+
+local function deliveries_of(id)
+  if not id then return 0 end
+  return tonumber(redis.call('HGET', KEYS[4], id) or '0')
+end
+
+local out = {now, -1}
+local orphans = redis.call('LRANGE', KEYS[2], held, held + n - 1)
+if #orphans > 0 then
+  for _, env in ipairs(orphans) do
+    local _, id = ot_header(env)
+    out[#out + 1] = env
+    out[#out + 1] = deliveries_of(id)
+  end
+  return out
+end
 
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[7]))
 if #due > 0 then
@@ -29,29 +54,27 @@ if #due > 0 then
   redis.call('ZREM', KEYS[1], unpack(due))
 end
 
-local out = {now, -1}
 local claimed, p = 0, 9
 while claimed < n and p >= 0 do
-  local env = redis.call('LMOVE', KEYS[7 + p], KEYS[2], 'LEFT', 'RIGHT')
+  local env = redis.call('LINDEX', KEYS[7 + p], 0)
   if env then
-    claimed = claimed + 1
     local _, id, name = ot_header(env)
-    local deliveries = 0
-    if id then deliveries = tonumber(redis.call('HGET', KEYS[4], id) or '0') end
-    out[#out + 1] = env
-    out[#out + 1] = deliveries
+    local deliveries = deliveries_of(id)
     if maxlen > 0 then
       local fields = {'i', id or '', 'n', name or '', 'q', queue, 'w', consumer}
       redis.call('XADD', KEYS[6], 'MAXLEN', '~', maxlen, '*', 'e', 'task-received', unpack(fields))
       redis.call('XADD', KEYS[6], 'MAXLEN', '~', maxlen, '*', 'e', 'task-started', unpack(fields))
     end
+    redis.call('LMOVE', KEYS[7 + p], KEYS[2], 'LEFT', 'RIGHT')
+    claimed = claimed + 1
+    out[#out + 1] = env
+    out[#out + 1] = deliveries
   else
     p = p - 1
   end
 end
 
 if claimed > 0 then
-  redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), consumer)
   -- Promoted more than we took: wake idle peers for the rest.
   ot_wake(KEYS[5], #due - claimed, tonumber(ARGV[8]))
 else
