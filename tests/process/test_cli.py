@@ -1,0 +1,91 @@
+"""The ``omnitask`` command and the quickstart example, run as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from omnitask import OmniTask
+from omnitask.cli import _banner
+from tests.apps import basic
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.process
+
+
+def omnitask(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "omnitask", *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("args", [["--help"], ["worker", "--help"], ["events", "--help"]])
+def test_help(args: list[str]) -> None:
+    done = omnitask(*args)
+    assert done.returncode == 0 and "usage: omnitask" in done.stdout
+
+
+def test_version() -> None:
+    assert omnitask("--version").stdout.startswith("omnitask 0.1.0")
+
+
+def test_bad_app_is_a_clear_error() -> None:
+    done = omnitask("worker", "-A", "no_such_module_xyz")
+    assert done.returncode == 1
+    assert "cannot import 'no_such_module_xyz' given by -A" in done.stderr
+
+
+def test_banner_masks_the_password() -> None:
+    app = OmniTask("secret", broker="redis://user:hunter2@127.0.0.1:1/0")
+    app.task(name="t")(lambda: None)
+    text = _banner(app, "host:1", ["default"], 2)
+    assert "hunter2" not in text and "redis://user:***@127.0.0.1:1/0" in text
+    assert ". t" in text and "concurrency: 2 processes" in text
+
+
+def test_events_command_prints_json(redis_url: str) -> None:
+    basic.app.configure(broker_url=redis_url)
+    sent = basic.add.delay(1, 2)
+    basic.app.close()
+    done = omnitask(
+        "events", "-A", "tests.apps.basic", "--replay", "--json", "--timeout", "0.3",
+        env={"OMNITASK_BROKER_URL": redis_url},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    assert events == [
+        {
+            "kind": "task-sent",
+            "time": events[0]["time"],
+            "task_id": sent.id,
+            "name": "tests.apps.basic.add",
+            "queue": "default",
+        }
+    ]
+
+
+def test_quickstart_example_runs_end_to_end(redis_url: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "examples/quickstart.py"],
+        cwd=ROOT,
+        env={**os.environ, "OMNITASK_BROKER_URL": redis_url},
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "add.delay(1, 2).get() -> 3" in out
+    assert "sum of results -> 9900" in out
+    assert "InvalidEmailError" in out and "worker stopped with exit code 0" in out
