@@ -10,15 +10,16 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypedDict, TypeVar, overload
 
 import msgspec
+import redis
 
 from omnitask.broker.client import Broker
 from omnitask.broker.keys import Keyspace, check_name
-from omnitask.config import Config, load_config
-from omnitask.errors import ConfigurationError, TaskNotRegisteredError
+from omnitask.config import Config, load_config, mask_url
+from omnitask.errors import BrokerConnectionError, ConfigurationError, TaskNotRegisteredError
 from omnitask.events import EventStream
 from omnitask.producer import Call, OptionsLike
 from omnitask.result import AsyncResult
-from omnitask.serialization import SERIALIZER_NAMES
+from omnitask.serialization import SERIALIZER_NAMES, get_serializer
 from omnitask.signals import Signals
 from omnitask.task import Task
 
@@ -103,11 +104,12 @@ class OmniTask:
         """Create the app; nothing connects until first use."""
         self.main = check_name("app name", main)
         self.include = tuple(include)
-        self._settings: dict[str, Any] = {
-            **settings,
-            "broker_url": broker,
-            "result_backend": result_backend,
-        }
+        self._settings: dict[str, Any] = dict(settings)
+        # broker= and result_backend= are the documented spellings; broker_url= works too.
+        if broker is not None or "broker_url" not in settings:
+            self._settings["broker_url"] = broker
+        if result_backend is not None or "result_backend" not in settings:
+            self._settings["result_backend"] = result_backend
         self.conf: Config = load_config(self._settings)
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.signals = Signals()
@@ -148,9 +150,19 @@ class OmniTask:
         return self._broker
 
     def connect(self) -> None:
-        """Connect now and check Redis answers (otherwise the first call connects)."""
-        self.broker.ping()
-        self.broker.load_scripts()
+        """Connect now and check Redis answers (otherwise the first call connects).
+
+        Raises:
+            BrokerConnectionError: Redis cannot be reached (the message names the URL, with
+                its password masked).
+        """
+        try:
+            self.broker.ping()
+            self.broker.load_scripts()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise BrokerConnectionError(
+                f"cannot reach Redis at {mask_url(self.conf.broker_url)}: {exc}"
+            ) from exc
 
     def after_fork(self) -> None:
         """Forget connections inherited from a parent process without closing them.
@@ -303,6 +315,16 @@ class OmniTask:
         """A handle on the result of task ``task_id``."""
         return AsyncResult(task_id, self)
 
+    @property
+    def accepted_serializers(self) -> frozenset[int]:
+        """Wire codes of the serializers this app decodes results and errors with.
+
+        msgpack always; cloudpickle only when the app or one of its tasks uses it, since
+        unpickling runs code.
+        """
+        names = {"msgpack", self.conf.serializer, *(t.serializer for t in self.tasks.values())}
+        return frozenset(get_serializer(name).code for name in names)
+
     def import_includes(self) -> None:
         """Import the modules named in ``include`` (workers do, to register their tasks)."""
         for module in self.include:
@@ -310,8 +332,6 @@ class OmniTask:
 
     def describe(self) -> dict[str, Any]:
         """Settings as a plain dict (the broker password masked), for banners and debugging."""
-        from omnitask.config import mask_url
-
         data: dict[str, Any] = msgspec.structs.asdict(self.conf)
         data["broker_url"] = mask_url(self.conf.broker_url)
         if self.conf.result_backend:

@@ -43,7 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--shutdown-timeout", type=float, help="seconds running tasks get on SIGTERM"
     )
-    worker.add_argument("--lease", type=float, help="lease seconds (see docs: reliability)")
+    worker.add_argument(
+        "--lease",
+        type=float,
+        help="seconds a crashed worker's tasks wait before redelivery (see the workers guide)",
+    )
     _log_arg(worker)
 
     events = sub.add_parser(

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from omnitask import failure
-from omnitask.errors import ResultIgnoredError, TaskRevokedError
+from omnitask.errors import ResultIgnoredError, SerializationError, TaskRevokedError
 from omnitask.errors import TimeoutError as ResultTimeoutError
 from omnitask.messages import ResultRecord, decode_result
 from omnitask.serialization import get_serializer
@@ -103,7 +103,7 @@ class AsyncResult(Generic[R]):
         metadata; PENDING None.
         """
         record = self._record()
-        return None if record is None else _value(record)
+        return None if record is None else _value(record, self.app.accepted_serializers)
 
     info = result
 
@@ -145,7 +145,7 @@ class AsyncResult(Generic[R]):
             if data is None:
                 raise ResultTimeoutError(f"no result for task {self.id} within {timeout} s")
             self._final = decode_result(data)
-        value = _value(self._final)
+        value = _value(self._final, self.app.accepted_serializers)
         if isinstance(value, BaseException) and propagate:
             raise value
         return value  # type: ignore[no-any-return]
@@ -156,12 +156,14 @@ class AsyncResult(Generic[R]):
         self.app.broker.forget(self.id)
 
 
-def _value(record: ResultRecord) -> Any:
+def _value(record: ResultRecord, accepted: frozenset[int]) -> Any:
     if record.state == TaskState.FAILURE:
         return failure.rebuild(
             record.exc_type or "builtins:Exception",
             record.exc_message or "",
-            record.exc_args,
+            # Only decoded with a serializer this app accepts; else the type name, message and
+            # traceback still arrive, as TaskFailed.
+            record.exc_args if record.serializer in accepted else None,
             record.serializer,
             record.traceback,
         )
@@ -169,4 +171,9 @@ def _value(record: ResultRecord) -> Any:
         return TaskRevokedError(f"task was revoked: {record.exc_message or 'revoked'}")
     if record.value is None:
         return None
+    if record.serializer not in accepted:
+        raise SerializationError(
+            f"result serialized with code {record.serializer}, which this app does not accept "
+            "(declare a task or the app with that serializer to accept it)"
+        )
     return get_serializer(record.serializer).decode(record.value)

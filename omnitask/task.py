@@ -60,6 +60,8 @@ class Task(Generic[P, R]):
             raise ConfigurationError(f"task {name!r}: retries must not be negative")
         self.retries = retries
         self._result_ttl_s = None if result_ttl is None else seconds("result_ttl", result_ttl)
+        if self._result_ttl_s == 0:
+            raise ConfigurationError(f"task {name!r}: result_ttl must be > 0 (or ignore_result)")
         self.ignore_result = ignore_result
         self._expires_s = None if expires is None else seconds("expires", expires)
         if serializer is not None:
@@ -87,7 +89,7 @@ class Task(Generic[P, R]):
     @property
     def result_ttl_s(self) -> float:
         """Seconds the task's results are kept."""
-        return self._result_ttl_s or self.app.conf.result_ttl_s
+        return self.app.conf.result_ttl_s if self._result_ttl_s is None else self._result_ttl_s
 
     @property
     def expires_s(self) -> float | None:

@@ -2,7 +2,8 @@
 
 This docstring is the key schema. ``P`` is the key prefix (``ot`` by default), ``A`` the app name,
 ``Q`` a queue name. Keys of one queue share the hash tag ``{A:Q}`` and app-wide keys the tag
-``{A}``, so each atomic step touches one Redis Cluster slot per tag.
+``{A}``, so that queues can later be spread over Redis Cluster slots. (Today a claim or an ack
+touches both tags in one step, which needs a single Redis server; Cluster is not supported.)
 
 | key | type | holds | bound |
 |---|---|---|---|
@@ -12,9 +13,9 @@ This docstring is the key schema. ``P`` is the key prefix (``ot`` by default), `
 | ``P:{A:Q}:consumers`` | ZSET | consumer (worker child) ids, score = lease deadline (server ms) | one per live child |
 | ``P:{A:Q}:deliveries`` | HASH | task id -> times it was handed back after its consumer died | deleted on ack |
 | ``P:{A:Q}:wake`` | LIST | tokens that wake idle workers blocked in BLPOP | ``WAKE_TOKENS_MAX`` |
-| ``P:{A:Q}:dead`` | STREAM | dead letters: envelope, reason, error, attempts | count and age |
+| ``P:{A:Q}:dead`` | STREAM | dead letters: ``msg`` (the bytes), ``reason``, ``detail``, ``w``, ``i``, ``n`` | ``dead_letter_maxlen`` (approx.) |
 | ``P:{A}:r:<task id>`` | LIST | the final result record (one element; ``get()`` waits on it) | result TTL |
-| ``P:{A}:s:<task id>`` | STRING | the latest non-final state (STARTED, RETRY, progress) | result TTL |
+| ``P:{A}:s:<task id>`` | STRING | the latest non-final state (STARTED, RETRY) | result TTL |
 | ``P:{A}:events`` | STREAM | lifecycle events | ``events_maxlen`` (approx.) |
 | ``P:{A}:queues`` | SET | names of the queues the app has used | its queues |
 | ``P:{A}:workers`` | ZSET | live worker names, score = last heartbeat (unix ms) | pruned by heartbeats |

@@ -17,7 +17,7 @@ import msgspec
 from omnitask import failure
 from omnitask.broker import commands as cmd
 from omnitask.context import Outcome, Request
-from omnitask.errors import MessageError
+from omnitask.errors import MessageError, SerializationError
 from omnitask.messages import (
     Envelope,
     ResultRecord,
@@ -89,6 +89,11 @@ class Executor:
         now = now_ms()
         if envelope.expires_ms is not None and now > envelope.expires_ms:
             return self._revoke(queue, claimed.body, envelope, task, "expired", claim_next)
+        if envelope.serializer not in (_MSGPACK.code, get_serializer(task.serializer).code):
+            # Unpickling runs code: a payload in a serializer the task does not use is refused.
+            detail = f"payload serializer {envelope.serializer} is not accepted by this task"
+            self._bury(queue, claimed.body, "serializer-refused", detail, envelope, task)
+            return None
         try:
             args, kwargs = decode_call(get_serializer(envelope.serializer), envelope.payload)
         except Exception as exc:  # noqa: BLE001 - any decoder error means the same thing here
@@ -131,14 +136,20 @@ class Executor:
         start = time.perf_counter()
         try:
             value = task.fn(*request.args, **request.kwargs)
-            encoded = None if task.ignore_result else encode_result(codec, task.name, value)
         except Exception as exc:  # noqa: BLE001 - the task's failure is data, not our error
             runtime = time.perf_counter() - start
             if envelope.retries < task.retries:
                 self._retry(queue, body, envelope, task, exc, ttl_ms)
+                outcome = Outcome(request, TaskState.RETRY.value, exception=exc, runtime_s=runtime)
+                self.app.signals.task_postrun.send(outcome)
                 return None
             return self._fail(queue, body, envelope, task, request, exc, runtime, claim_next)
         runtime = time.perf_counter() - start
+        try:
+            encoded = None if task.ignore_result else encode_result(codec, task.name, value)
+        except SerializationError as exc:
+            # The body ran and its side effects happened: running it again cannot help.
+            return self._fail(queue, body, envelope, task, request, exc, runtime, claim_next)
         record = ResultRecord(
             TaskState.SUCCESS.value,
             now_ms(),
@@ -353,6 +364,7 @@ class Executor:
 _ERROR_FOR_REASON = {
     "unknown-task": "TaskNotRegisteredError",
     "undecodable": "SerializationError",
+    "serializer-refused": "SerializationError",
     "max-deliveries": "WorkerLostError",
 }
 

@@ -350,3 +350,21 @@ def test_redis_restart_is_survived(start_worker: WorkerFactory, tmp_path: object
         assert worker.proc.poll() is None
         basic.app.close()
         worker.kill()
+
+
+def test_payload_in_another_serializer_is_refused(
+    start_worker: WorkerFactory, r: redis.Redis
+) -> None:
+    # A msgpack task must never unpickle: a cloudpickle payload is dead-lettered unread.
+    from omnitask.messages import PROTOCOL_VERSION, Envelope, encode_envelope, now_ms
+    from omnitask.serialization import encode_call, get_serializer
+
+    start_worker()
+    pickled = encode_call(get_serializer("cloudpickle"), "x", (1, 2), {})
+    envelope = Envelope(PROTOCOL_VERSION, 5, "evil-1", "tests.apps.basic.add", pickled, 1, now_ms())
+    r.rpush(basic.app.keys.queue("default").ready[5], encode_envelope(envelope))
+    r.lpush(basic.app.keys.queue("default").wake, "1")  # as every enqueue does
+    with pytest.raises(omnitask.SerializationError, match="not accepted"):
+        basic.app.AsyncResult("evil-1").get(timeout=5)
+    reasons = [f[b"reason"] for _, f in r.xrange(basic.app.keys.queue("default").dead)]
+    assert reasons == [b"serializer-refused"]

@@ -143,3 +143,28 @@ def test_eta_forms() -> None:
 def test_bad_call_options(options: dict[str, object], match: str) -> None:
     with pytest.raises(ConfigurationError, match=match):
         _build(**options)
+
+
+def test_broker_url_keyword_is_honoured() -> None:
+    app = OmniTask("kw", broker_url="redis://127.0.0.1:7/0")  # type: ignore[call-arg]
+    assert app.conf.broker_url == "redis://127.0.0.1:7/0"
+
+
+def test_zero_result_ttl_is_refused() -> None:
+    app = OmniTask("ttl", broker="redis://127.0.0.1:1/0")
+    with pytest.raises(ConfigurationError, match="result_ttl must be > 0"):
+        app.task(result_ttl=0)(lambda: None)
+
+
+def test_cloudpickle_is_accepted_only_when_used() -> None:
+    app = OmniTask("acc", broker="redis://127.0.0.1:1/0")
+    assert app.accepted_serializers == {0}
+    app.task(serializer="cloudpickle")(lambda: None)
+    assert app.accepted_serializers == {0, 1}
+
+
+def test_unreachable_redis_is_a_broker_connection_error() -> None:
+    app = OmniTask("down", broker="redis://:pw@127.0.0.1:1/0", connect_timeout_s=0.5)
+    with pytest.raises(omnitask.BrokerConnectionError, match=r"redis://:\*\*\*@127\.0\.0\.1:1/0"):
+        app.connect()
+    app.close()
