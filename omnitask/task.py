@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from omnitask.errors import ConfigurationError
-from omnitask.producer import Call, OptionsLike, check_priority, seconds
+from omnitask.producer import Call, check_priority, seconds
 from omnitask.result import AsyncResult
 
 if TYPE_CHECKING:
@@ -163,17 +163,18 @@ class Task(Generic[P, R]):
         call_args = tuple(args)
         call_kwargs = dict(kwargs or {})
         self._check_signature(call_args, call_kwargs)
-        opts: OptionsLike = {
-            "countdown": countdown,
-            "eta": eta,
-            "expires": expires,
-            "priority": priority,
-            "queue": queue,
-            "task_id": task_id,
-        }
-        call = Call.build(self.app, self, call_args, call_kwargs, opts)
-        self.app.broker.enqueue(call.queue, [call.item])
-        return AsyncResult(call.task_id, self.app, ignored=self.ignore_result)
+        # send_task finds this task by its name and applies its options.
+        return self.app.send_task(
+            self.name,
+            call_args,
+            call_kwargs,
+            countdown=countdown,
+            eta=eta,
+            expires=expires,
+            priority=priority,
+            queue=queue,
+            task_id=task_id,
+        )
 
     def apply_at(
         self, when: datetime | float, /, *args: P.args, **kwargs: P.kwargs

@@ -191,6 +191,27 @@ class Executor:
     def _fields(self, envelope: Envelope, queue: str) -> tuple[str, ...]:
         return ("i", envelope.id, "n", envelope.task, "q", queue, "w", self.consumer)
 
+    def _error_record(
+        self, state: str, task: Task[Any, Any], exc: Exception, retries: int, runtime: float | None
+    ) -> tuple[ResultRecord, str]:
+        """The FAILURE or RETRY record of ``exc``, and its one-line summary for events."""
+        codec = get_serializer(task.serializer)
+        name, message, exc_args, trace = failure.describe(exc, codec)
+        record = ResultRecord(
+            state,
+            now_ms(),
+            task.name,
+            serializer=codec.code,
+            exc_type=name,
+            exc_message=message,
+            exc_args=exc_args,
+            traceback=trace,
+            worker=self.consumer,
+            runtime_s=runtime,
+            retries=retries,
+        )
+        return record, f"{name.replace(':', '.')}: {message}"[:1000]
+
     def _fail(
         self,
         queue: str,
@@ -202,38 +223,22 @@ class Executor:
         runtime: float,
         claim_next: int,
     ) -> Claim | None:
-        codec = get_serializer(task.serializer)
-        name, message, exc_args, trace = failure.describe(exc, codec)
-        logger.info("task failed task=%s id=%s error=%s: %s", task.name, envelope.id, name, message)
-        record = ResultRecord(
-            TaskState.FAILURE.value,
-            now_ms(),
-            task.name,
-            serializer=codec.code,
-            exc_type=name,
-            exc_message=message,
-            exc_args=exc_args,
-            traceback=trace,
-            worker=self.consumer,
-            runtime_s=runtime,
-            retries=envelope.retries,
-        )
+        state = TaskState.FAILURE.value
+        record, summary = self._error_record(state, task, exc, envelope.retries, runtime)
+        logger.info("task failed task=%s id=%s error=%s", task.name, envelope.id, summary)
         event = self._event(
             "task-failed",
             *self._fields(envelope, queue),
             "rt",
             f"{runtime:.6f}",
             "exception",
-            f"{name.replace(':', '.')}: {message}"[:1000],
+            summary,
         )
-        result = (
-            None
-            if task.ignore_result
-            else (encode_result_record(record), int(task.result_ttl_s * 1000))
-        )
+        ttl_ms = int(task.result_ttl_s * 1000)
+        result = None if task.ignore_result else (encode_result_record(record), ttl_ms)
         claim = self._ack(queue, body, envelope.id, result, event, claim_next)
         outcome = Outcome(
-            request, TaskState.FAILURE.value, exception=exc, traceback=trace, runtime_s=runtime
+            request, state, exception=exc, traceback=record.traceback, runtime_s=runtime
         )
         self.app.signals.task_failure.send(outcome)
         self.app.signals.task_postrun.send(outcome)
@@ -248,36 +253,23 @@ class Executor:
         exc: Exception,
         ttl_ms: int,
     ) -> None:
-        codec = get_serializer(task.serializer)
-        name, message, exc_args, trace = failure.describe(exc, codec)
         retries = envelope.retries + 1
+        record, summary = self._error_record(TaskState.RETRY.value, task, exc, retries, None)
         logger.info(
             "task retry task=%s id=%s retry=%d/%d error=%s",
             task.name,
             envelope.id,
             retries,
             task.retries,
-            name,
+            summary,
         )
         new_body = encode_envelope(msgspec.structs.replace(envelope, retries=retries))
-        record = ResultRecord(
-            TaskState.RETRY.value,
-            now_ms(),
-            task.name,
-            serializer=codec.code,
-            exc_type=name,
-            exc_message=message,
-            exc_args=exc_args,
-            traceback=trace,
-            worker=self.consumer,
-            retries=retries,
-        )
         event_fields = (
             *self._fields(envelope, queue),
             "retries",
             str(retries),
             "exception",
-            f"{name.replace(':', '.')}: {message}"[:1000],
+            summary,
         )
         state = (encode_result_record(record), ttl_ms)
         self._io(
