@@ -7,7 +7,9 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import redis
+from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
+from redis.retry import Retry
 
 from omnitask.broker import commands as cmd
 from omnitask.broker.keys import WAKE_TOKENS_MAX, Keyspace, QueueKeys
@@ -68,8 +70,12 @@ class Broker:
         self._known_queues: set[str] = set()
 
     def _client(self, url: str) -> redis.Redis:
+        # No silent re-sends by redis-py (some versions retry 3 times by default): a MULTI
+        # whose reply was lost may have applied, and only omnitask knows what is safe to
+        # repeat (claim returns orphans; retry and bury check ownership; see each caller).
         return redis.Redis.from_url(
             url,
+            retry=Retry(NoBackoff(), 0),
             socket_connect_timeout=self.config.connect_timeout_s,
             socket_timeout=self.socket_timeout_s,
             socket_keepalive=True,
