@@ -7,7 +7,7 @@ import importlib
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, ParamSpec, TypedDict, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypedDict, TypeVar, overload
 
 import msgspec
 import redis
@@ -17,8 +17,9 @@ from omnitask.broker.keys import Keyspace, check_name
 from omnitask.config import Config, load_config, mask_url
 from omnitask.errors import BrokerConnectionError, ConfigurationError, TaskNotRegisteredError
 from omnitask.events import EventStream
-from omnitask.producer import Call, OptionsLike
+from omnitask.producer import Call, OptionsLike, seconds
 from omnitask.result import AsyncResult
+from omnitask.retry import RetryPolicy
 from omnitask.serialization import SERIALIZER_NAMES, get_serializer
 from omnitask.signals import Signals
 from omnitask.task import Task
@@ -36,6 +37,14 @@ _TASK_OPTIONS = (
     "queue",
     "priority",
     "retries",
+    "retry_on",
+    "retry_backoff",
+    "retry_backoff_max",
+    "retry_jitter",
+    "retry_delay",
+    "time_limit",
+    "soft_time_limit",
+    "bind",
     "result_ttl",
     "ignore_result",
     "expires",
@@ -65,6 +74,12 @@ class Settings(TypedDict, total=False):
     shutdown_timeout_s: float
     heartbeat_interval_s: float
     connect_timeout_s: float
+    enqueue_timeout_s: float
+    time_limit_s: float | None
+    soft_time_limit_s: float | None
+    max_tasks_per_child: int
+    max_memory_per_child_kb: int
+    revoke_ttl_s: float
 
 
 class OmniTask:
@@ -196,15 +211,47 @@ class OmniTask:
         queue: str | None = None,
         priority: int | None = None,
         retries: int = 0,
+        retry_on: tuple[type[BaseException], ...] = (Exception,),
+        retry_backoff: float | bool = True,
+        retry_backoff_max: float = 600.0,
+        retry_jitter: bool = True,
+        retry_delay: float | timedelta = 0.0,
         result_ttl: float | timedelta | None = None,
         ignore_result: bool = False,
         expires: float | timedelta | None = None,
         serializer: str | None = None,
         track_started: bool | None = None,
+        time_limit: float | timedelta | None = None,
+        soft_time_limit: float | timedelta | None = None,
+        bind: Literal[False] = False,
         **unknown: Never,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
-    # mypy reports the implementation as not matching the keyword-only overload whenever a
+    @overload
+    def task(
+        self,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        retries: int = 0,
+        retry_on: tuple[type[BaseException], ...] = (Exception,),
+        retry_backoff: float | bool = True,
+        retry_backoff_max: float = 600.0,
+        retry_jitter: bool = True,
+        retry_delay: float | timedelta = 0.0,
+        result_ttl: float | timedelta | None = None,
+        ignore_result: bool = False,
+        expires: float | timedelta | None = None,
+        serializer: str | None = None,
+        track_started: bool | None = None,
+        time_limit: float | timedelta | None = None,
+        soft_time_limit: float | timedelta | None = None,
+        bind: Literal[True],
+        **unknown: Never,
+    ) -> Callable[[Callable[Concatenate[Any, P], R]], Task[P, R]]: ...
+
+    # mypy reports the implementation as not matching the keyword-only overloads whenever a
     # ParamSpec appears only in an overload's return type, even for an implementation taking
     # **Any (minimal repro checked with mypy 2.4); the overloads are what callers see.
     def task(  # type: ignore[misc]
@@ -216,11 +263,19 @@ class OmniTask:
         queue: str | None = None,
         priority: int | None = None,
         retries: int = 0,
+        retry_on: tuple[type[BaseException], ...] = (Exception,),
+        retry_backoff: float | bool = True,
+        retry_backoff_max: float = 600.0,
+        retry_jitter: bool = True,
+        retry_delay: float | timedelta = 0.0,
         result_ttl: float | timedelta | None = None,
         ignore_result: bool = False,
         expires: float | timedelta | None = None,
         serializer: str | None = None,
         track_started: bool | None = None,
+        time_limit: float | timedelta | None = None,
+        soft_time_limit: float | timedelta | None = None,
+        bind: bool = False,
         **unknown: Never,
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
         """Register a function as a task: ``@app.task`` or ``@app.task(option=...)``.
@@ -230,12 +285,23 @@ class OmniTask:
             name: The task's name; default ``module.function``.
             queue: Its queue; default the app's ``default_queue``.
             priority: 0 (lowest) to 9 (highest); default the app's ``default_priority``.
-            retries: Automatic retries when it raises.
+            retries: Automatic retries when it raises one of ``retry_on``.
+            retry_on: Exception types that are retried; others fail at once.
+            retry_backoff: Base in seconds of the exponential backoff between retries (True:
+                1 s; attempt n waits up to base * 2**n); False: a fixed ``retry_delay``.
+            retry_backoff_max: Cap of the backoff, in seconds.
+            retry_jitter: Wait a random time between 0 and the backoff (full jitter).
+            retry_delay: The fixed delay between retries when ``retry_backoff`` is False.
             result_ttl: Seconds (or timedelta) its results are kept; default ``result_ttl_s``.
             ignore_result: Store no result (``get()`` then raises ResultIgnoredError).
             expires: Revoke a call not started this long after it was sent.
             serializer: ``msgpack`` or ``cloudpickle``; default the app's ``serializer``.
             track_started: Record the STARTED state; default the app's ``track_started``.
+            time_limit: Hard limit in seconds: the worker process running it is killed and
+                replaced, and the run fails with TimeLimitExceeded (retried if it may be).
+            soft_time_limit: Soft limit: SoftTimeLimitExceeded is raised inside the task.
+            bind: Pass the task itself as the first argument (for ``self.request`` and
+                ``self.retry()``).
             **unknown: Not accepted: any other keyword is reported as an unknown option.
 
         Raises:
@@ -244,6 +310,15 @@ class OmniTask:
         """
         if unknown:
             raise ConfigurationError(_unknown_options(unknown))
+        backoff = 1.0 if retry_backoff is True else float(retry_backoff or 0.0)
+        policy = RetryPolicy(
+            retries=retries,
+            retry_on=tuple(retry_on),
+            backoff_s=backoff,
+            backoff_max_s=retry_backoff_max,
+            jitter=retry_jitter,
+            delay_s=seconds("retry_delay", retry_delay),
+        )
 
         def register(func: Callable[P, R]) -> Task[P, R]:
             task = Task(
@@ -252,12 +327,15 @@ class OmniTask:
                 name=name or _default_name(func),
                 queue=queue,
                 priority=priority,
-                retries=retries,
+                retry=policy,
                 result_ttl=result_ttl,
                 ignore_result=ignore_result,
                 expires=expires,
                 serializer=serializer,
                 track_started=track_started,
+                bind=bind,
+                time_limit=time_limit,
+                soft_time_limit=soft_time_limit,
             )
             if queue is not None:
                 self.keys.queue(queue)  # checks the name now, not at the first delay()
@@ -292,6 +370,8 @@ class OmniTask:
         priority: int | None = None,
         queue: str | None = None,
         task_id: str | None = None,
+        time_limit: float | timedelta | None = None,
+        soft_time_limit: float | timedelta | None = None,
     ) -> AsyncResult[Any]:
         """Send a task by name, without importing its function.
 
@@ -305,6 +385,8 @@ class OmniTask:
             "priority": priority,
             "queue": queue,
             "task_id": task_id,
+            "time_limit": time_limit,
+            "soft_time_limit": soft_time_limit,
         }
         task = self.tasks.get(name)
         call = Call.build(self, task or name, tuple(args), dict(kwargs or {}), opts)

@@ -8,7 +8,7 @@ then the defaults below. A bad value fails when the app is created, naming the s
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -21,6 +21,36 @@ from omnitask.serialization import SERIALIZER_NAMES
 __all__ = ("ENV_PREFIX", "Config", "load_config", "mask_url")
 
 ENV_PREFIX = "OMNITASK_"
+
+
+# (settings, check, what the message says they must be); None always passes (it means "none").
+_RULES: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
+    (
+        (
+            "result_ttl_s",
+            "lease_s",
+            "heartbeat_interval_s",
+            "connect_timeout_s",
+            "revoke_ttl_s",
+            "time_limit_s",
+            "soft_time_limit_s",
+        ),
+        lambda v: v > 0,
+        "be greater than 0",
+    ),
+    (("max_deliveries", "events_maxlen", "dead_letter_maxlen"), lambda v: v >= 1, "be at least 1"),
+    (
+        (
+            "worker_concurrency",
+            "shutdown_timeout_s",
+            "enqueue_timeout_s",
+            "max_tasks_per_child",
+            "max_memory_per_child_kb",
+        ),
+        lambda v: v >= 0,
+        "not be negative",
+    ),
+)
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True):
@@ -48,6 +78,15 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             stopped and handed back to the queue.
         heartbeat_interval_s: Seconds between worker heartbeats (events and the worker list).
         connect_timeout_s: Seconds to wait for a TCP connection to Redis.
+        enqueue_timeout_s: Seconds ``.delay()`` keeps retrying while Redis is unreachable
+            before it raises BrokerUnavailable.
+        time_limit_s: Default hard time limit of every task (None: none).
+        soft_time_limit_s: Default soft time limit of every task (None: none).
+        max_tasks_per_child: A child is replaced after running this many tasks (0: never).
+        max_memory_per_child_kb: A child is replaced after a task that leaves its peak
+            resident memory above this many KiB (0: never).
+        revoke_ttl_s: Seconds a revocation is remembered: a delayed task revoked now and due
+            later than this would run after all.
     """
 
     broker_url: str = "redis://localhost:6379/0"
@@ -67,6 +106,12 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     shutdown_timeout_s: float = 30.0
     heartbeat_interval_s: float = 2.0
     connect_timeout_s: float = 5.0
+    enqueue_timeout_s: float = 10.0
+    time_limit_s: float | None = None
+    soft_time_limit_s: float | None = None
+    max_tasks_per_child: int = 0
+    max_memory_per_child_kb: int = 0
+    revoke_ttl_s: float = 7 * 86_400.0
 
     def __post_init__(self) -> None:
         """Check values that a type alone cannot (msgspec reports these with the field name)."""
@@ -79,19 +124,11 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("default_priority must be between 0 and 9")
         if self.serializer not in SERIALIZER_NAMES:
             raise ValueError(f"serializer must be one of {', '.join(SERIALIZER_NAMES)}")
-        for name in (
-            "result_ttl_s",
-            "lease_s",
-            "heartbeat_interval_s",
-            "connect_timeout_s",
-        ):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be greater than 0")
-        for name in ("max_deliveries", "events_maxlen", "dead_letter_maxlen"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
-        if self.worker_concurrency < 0 or self.shutdown_timeout_s < 0:
-            raise ValueError("worker_concurrency and shutdown_timeout_s must not be negative")
+        for names, ok, rule in _RULES:
+            for name in names:
+                value = getattr(self, name)
+                if value is not None and not ok(value):
+                    raise ValueError(f"{name} must {rule}")
 
     @property
     def result_url(self) -> str:

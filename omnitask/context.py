@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-__all__ = ("Outcome", "Request", "WorkerInfo")
+__all__ = ("CURRENT_REQUEST", "Outcome", "Request", "WorkerInfo")
 
 
 @dataclass(frozen=True)
@@ -75,3 +76,7 @@ class WorkerInfo:
     pid: int
     child: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+CURRENT_REQUEST: ContextVar[Request | None] = ContextVar("omnitask_request", default=None)
+"""The request of the task running in this context (read through ``Task.request``)."""

@@ -8,10 +8,14 @@ them all::
     ├── SerializationError          an argument or result cannot be encoded (raised at .delay())
     ├── TaskNotRegisteredError      no task of that name is registered on the app
     ├── BrokerConnectionError       Redis could not be reached in time
+    │   └── BrokerUnavailable       .delay() gave up after retrying for enqueue_timeout_s
     ├── MessageError                bytes in Redis that are not a valid omnitask message
     ├── TaskFailed                  a task raised an exception that cannot be rebuilt here
     ├── TaskRevokedError            .get() on a task that was revoked or expired before it ran
     ├── WorkerLostError             its worker process died too often (poison pill)
+    ├── MaxRetriesExceededError     self.retry() with no retries left and no exception to raise
+    ├── TimeLimitExceeded           the task ran past its hard time_limit and was killed
+    ├── SoftTimeLimitExceeded       raised inside a task at its soft_time_limit, to clean up
     ├── ResultIgnoredError          .get() on a task declared with ignore_result=True
     └── TimeoutError                .get() waited too long (also a builtins.TimeoutError)
 """
@@ -22,14 +26,18 @@ import builtins
 
 __all__ = (
     "BrokerConnectionError",
+    "BrokerUnavailable",
     "ConfigurationError",
+    "MaxRetriesExceededError",
     "MessageError",
     "OmnitaskError",
     "ResultIgnoredError",
     "SerializationError",
+    "SoftTimeLimitExceeded",
     "TaskFailed",
     "TaskNotRegisteredError",
     "TaskRevokedError",
+    "TimeLimitExceeded",
     "TimeoutError",
     "WorkerLostError",
 )
@@ -104,3 +112,23 @@ class TimeoutError(OmnitaskError, builtins.TimeoutError):  # noqa: A001 - Celery
 
 class WorkerLostError(OmnitaskError):
     """The worker process running the task died ``max_deliveries`` times: it was dead-lettered."""
+
+
+class BrokerUnavailable(BrokerConnectionError):  # noqa: N818 - the name users look for
+    """``.delay()`` could not reach Redis within ``enqueue_timeout_s``: nothing was queued.
+
+    When the connection broke after the task was sent (so it may have been queued), the
+    message says so and names the task id instead of sending it again.
+    """
+
+
+class MaxRetriesExceededError(OmnitaskError):
+    """``self.retry()`` was called with no retries left and no exception to re-raise."""
+
+
+class TimeLimitExceeded(OmnitaskError):  # noqa: N818 - Celery's name, on purpose
+    """The task ran past its hard ``time_limit``: its worker process was killed and replaced."""
+
+
+class SoftTimeLimitExceeded(OmnitaskError):  # noqa: N818 - Celery's name, on purpose
+    """Raised inside a running task at its ``soft_time_limit``, so that it can clean up."""

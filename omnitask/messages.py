@@ -43,6 +43,8 @@ class Envelope(msgspec.Struct, array_like=True, frozen=True, omit_defaults=True)
         eta_ms: Not before this time (unix ms), or None to run now.
         expires_ms: Not after this time (unix ms): a task not started by then is revoked.
         retries: How many times the task has been retried so far.
+        time_limit_ms: Hard time limit of this call, overriding the task's.
+        soft_time_limit_ms: Soft time limit of this call, overriding the task's.
     """
 
     v: int
@@ -55,6 +57,8 @@ class Envelope(msgspec.Struct, array_like=True, frozen=True, omit_defaults=True)
     eta_ms: int | None = None
     expires_ms: int | None = None
     retries: int = 0
+    time_limit_ms: int | None = None
+    soft_time_limit_ms: int | None = None
 
 
 class ResultRecord(msgspec.Struct, array_like=True, frozen=True, omit_defaults=True):

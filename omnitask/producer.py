@@ -29,6 +29,8 @@ class OptionsLike(TypedDict, total=False):
     priority: int | None
     queue: str | None
     task_id: str | None
+    time_limit: float | timedelta | None
+    soft_time_limit: float | timedelta | None
 
 
 def new_task_id() -> str:
@@ -131,6 +133,8 @@ class Call(NamedTuple):
             sent_ms=sent,
             eta_ms=due,
             expires_ms=expires_ms,
+            time_limit_ms=_limit_ms("time_limit", options.get("time_limit")),
+            soft_time_limit_ms=_limit_ms("soft_time_limit", options.get("soft_time_limit")),
         )
         return cls(queue, task_id, (encode_envelope(envelope), priority, due, task_id, name))
 
@@ -154,3 +158,12 @@ def _expires_ms(value: object, default_s: float | None, sent_ms: int) -> int | N
     if isinstance(value, datetime):
         return _timestamp_ms("expires", value)
     return sent_ms + int(seconds("expires", value) * 1000)
+
+
+def _limit_ms(option: str, value: object) -> int | None:
+    if value is None:
+        return None
+    limit = seconds(option, value)
+    if limit <= 0:
+        raise ConfigurationError(f"{option} must be greater than 0")
+    return int(limit * 1000)

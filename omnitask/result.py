@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from omnitask import failure
 from omnitask.errors import ResultIgnoredError, SerializationError, TaskRevokedError
 from omnitask.errors import TimeoutError as ResultTimeoutError
-from omnitask.messages import ResultRecord, decode_result
+from omnitask.messages import ResultRecord, decode_result, encode_result_record, now_ms
 from omnitask.serialization import get_serializer
 
 if TYPE_CHECKING:
@@ -149,6 +149,29 @@ class AsyncResult(Generic[R]):
         if isinstance(value, BaseException) and propagate:
             raise value
         return value  # type: ignore[no-any-return]
+
+    def revoke(self, *, terminate: bool = False) -> bool:
+        """Make sure the task never runs; with ``terminate``, stop it if it is running.
+
+        A pending or delayed task is skipped by every worker (the revocation lives in Redis for
+        ``revoke_ttl_s``, across worker restarts) and its state reads REVOKED at once. A
+        running task finishes unless ``terminate`` is true: then its worker process is killed
+        (within about half a second) and replaced.
+
+        Returns:
+            False when the task had already finished (its result is kept), else True.
+        """
+        record = ResultRecord(TaskState.REVOKED.value, now_ms(), "", exc_message="revoked")
+        ttl_ms = int(self.app.conf.result_ttl_s * 1000)
+        fields = ["i", self.id, "reason", "terminated" if terminate else "revoked"]
+        self._final = None
+        return self.app.broker.revoke(
+            self.id,
+            terminate=terminate,
+            record=encode_result_record(record),
+            result_ttl_ms=ttl_ms,
+            event_fields=fields,
+        )
 
     def forget(self) -> None:
         """Delete the stored result; the state reads PENDING afterwards."""

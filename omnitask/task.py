@@ -8,9 +8,11 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
+from omnitask.context import CURRENT_REQUEST, Request
 from omnitask.errors import ConfigurationError
 from omnitask.producer import Call, check_priority, seconds
 from omnitask.result import AsyncResult
+from omnitask.retry import Retry, RetryPolicy
 
 if TYPE_CHECKING:
     from omnitask.app import OmniTask
@@ -43,12 +45,15 @@ class Task(Generic[P, R]):
         name: str,
         queue: str | None,
         priority: int | None,
-        retries: int,
+        retry: RetryPolicy,
         result_ttl: float | timedelta | None,
         ignore_result: bool,
         expires: float | timedelta | None,
         serializer: str | None,
         track_started: bool | None,
+        bind: bool = False,
+        time_limit: float | timedelta | None = None,
+        soft_time_limit: float | timedelta | None = None,
     ) -> None:
         """Wrap ``fn``; options left None take the app's setting when they are used."""
         self.app = app
@@ -56,9 +61,14 @@ class Task(Generic[P, R]):
         self.name = name
         self._queue = queue
         self._priority = None if priority is None else check_priority(priority)
-        if retries < 0:
+        if retry.retries < 0:
             raise ConfigurationError(f"task {name!r}: retries must not be negative")
-        self.retries = retries
+        self.retry_policy = retry
+        self.bind = bind
+        self.time_limit_s = None if time_limit is None else seconds("time_limit", time_limit)
+        self.soft_time_limit_s = (
+            None if soft_time_limit is None else seconds("soft_time_limit", soft_time_limit)
+        )
         self._result_ttl_s = None if result_ttl is None else seconds("result_ttl", result_ttl)
         if self._result_ttl_s == 0:
             raise ConfigurationError(f"task {name!r}: result_ttl must be > 0 (or ignore_result)")
@@ -68,13 +78,60 @@ class Task(Generic[P, R]):
             app.check_serializer(serializer)
         self._serializer = serializer
         self._track_started = track_started
-        self._signature = inspect.signature(fn)
+        signature = inspect.signature(fn)
+        if bind:  # callers never pass the task itself
+            params = list(signature.parameters.values())[1:]
+            signature = signature.replace(parameters=params)
+        self._signature = signature
         self.__doc__ = fn.__doc__
         self.__module__ = fn.__module__
         self.__qualname__ = getattr(fn, "__qualname__", name)
         self.__wrapped__ = fn
 
     # -- options resolved against the app's settings at use time ---------------------------
+
+    @property
+    def retries(self) -> int:
+        """Automatic retries after the first run."""
+        return self.retry_policy.retries
+
+    @property
+    def request(self) -> Request:
+        """The request of the run in progress (id, args, retries, delivery ...).
+
+        Meant for bound tasks (``bind=True``), which get the task as their first argument.
+
+        Raises:
+            RuntimeError: No run of this task is in progress in this context.
+        """
+        request = CURRENT_REQUEST.get()
+        if request is None or request.task != self.name:
+            raise RuntimeError(f"task {self.name!r} is not running here: no request")
+        return request
+
+    def retry(
+        self,
+        exc: BaseException | None = None,
+        *,
+        countdown: float | timedelta | None = None,
+        eta: datetime | None = None,
+        max_retries: int | None = None,
+    ) -> Retry:
+        """Ask for another run of the task in progress: ``raise self.retry(exc=exc)``.
+
+        It raises :class:`~omnitask.retry.Retry` itself (returning it only to let callers
+        write ``raise``, as in Celery). The retry waits in Redis like any delayed task: for
+        ``countdown`` seconds, until ``eta``, or for the task's backoff delay.
+
+        Args:
+            exc: The exception behind the retry; raised as the task's failure when no retries
+                are left (else ``MaxRetriesExceededError``).
+            countdown: Seconds (or a timedelta) until the next run.
+            eta: When to run next (an aware datetime).
+            max_retries: Overrides the task's ``retries`` for this decision.
+        """
+        delay = None if countdown is None else seconds("countdown", countdown)
+        raise Retry(exc, delay, eta, max_retries)
 
     @property
     def queue(self) -> str:
@@ -118,6 +175,8 @@ class Task(Generic[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the function here and now, without any queue."""
+        if self.bind:
+            return self.fn(self, *args, **kwargs)  # type: ignore[arg-type]
         return self.fn(*args, **kwargs)
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
@@ -140,6 +199,8 @@ class Task(Generic[P, R]):
         priority: int | None = None,
         queue: str | None = None,
         task_id: str | None = None,
+        time_limit: float | timedelta | None = None,
+        soft_time_limit: float | timedelta | None = None,
     ) -> AsyncResult[R]:
         """Send the task with per-call options.
 
@@ -153,6 +214,8 @@ class Task(Generic[P, R]):
             priority: 0 (lowest) to 9 (highest); the task's priority by default.
             queue: The queue to send to; the task's queue by default.
             task_id: Use this id instead of a new random one.
+            time_limit: Hard time limit of this call (seconds), overriding the task's.
+            soft_time_limit: Soft time limit of this call, overriding the task's.
 
         Raises:
             ConfigurationError: An option has a bad value (both countdown and eta, a naive
@@ -174,6 +237,8 @@ class Task(Generic[P, R]):
             priority=priority,
             queue=queue,
             task_id=task_id,
+            time_limit=time_limit,
+            soft_time_limit=soft_time_limit,
         )
 
     def apply_at(

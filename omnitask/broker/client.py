@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -13,8 +14,9 @@ from redis.retry import Retry
 
 from omnitask.broker import commands as cmd
 from omnitask.broker.keys import WAKE_TOKENS_MAX, Keyspace, QueueKeys
-from omnitask.broker.scripts import BURY, CLAIM, RENEW, REQUEUE, RETRY, SCRIPTS, Script
-from omnitask.config import Config
+from omnitask.broker.scripts import BURY, CLAIM, RENEW, REQUEUE, RETRY, REVOKE, SCRIPTS, Script
+from omnitask.config import Config, mask_url
+from omnitask.errors import BrokerUnavailable
 
 __all__ = ("Broker", "Claim", "Claimed")
 
@@ -25,10 +27,11 @@ PROMOTE_MAX = 1000
 
 
 class Claimed(NamedTuple):
-    """One claimed envelope and how many times it was handed back after a worker died."""
+    """One claimed envelope, its deliveries after worker deaths, and whether it was revoked."""
 
     body: bytes
     deliveries: int
+    revoked: bool = False
 
 
 class Claim(NamedTuple):
@@ -41,7 +44,9 @@ class Claim(NamedTuple):
 
 def _parse_claim(reply: Sequence[Any]) -> Claim:
     due = int(reply[1])
-    tasks = [Claimed(reply[i], int(reply[i + 1])) for i in range(2, len(reply), 2)]
+    tasks = [
+        Claimed(reply[i], int(reply[i + 1]), reply[i + 2] == 1) for i in range(2, len(reply), 3)
+    ]
     return Claim(int(reply[0]), None if due < 0 else due, tasks)
 
 
@@ -156,8 +161,45 @@ class Broker:
         essential = sum(1 for c in commands if c[0] in ("RPUSH", "ZADD"))
         if queue not in self._known_queues:
             commands.append(("SADD", self.keys.queues, queue))
-        self._multi(self.redis, commands, essential)
+        self._wait_for_connection(len(envelopes))
+        try:
+            self._multi(self.redis, commands, essential)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # Sent, but no reply: the tasks may be queued. Sending again could queue them
+            # twice, so say so instead (naming them) and let the caller decide.
+            ids = ", ".join(e[3] for e in envelopes[:5]) + (" ..." if len(envelopes) > 5 else "")
+            raise BrokerUnavailable(
+                f"the connection to Redis broke while sending task(s) {ids}: they may or may "
+                f"not be queued ({exc})"
+            ) from exc
         self._known_queues.add(queue)
+
+    def _wait_for_connection(self, count: int) -> None:
+        """Wait (with backoff, up to ``enqueue_timeout_s``) until Redis accepts a connection.
+
+        Until then nothing has been sent, so waiting and trying again can never queue a task
+        twice.
+
+        Raises:
+            BrokerUnavailable: Redis did not accept a connection in time; nothing was queued.
+        """
+        deadline = time.monotonic() + self.config.enqueue_timeout_s
+        delay = 0.05
+        while True:
+            pool = self.redis.connection_pool
+            try:
+                pool.release(pool.get_connection())
+                return
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise BrokerUnavailable(
+                        f"Redis at {mask_url(self.config.broker_url)} is unreachable: gave up "
+                        f"after {self.config.enqueue_timeout_s:g} s; {count} task(s) not "
+                        f"queued ({exc})"
+                    ) from exc
+                time.sleep(min(delay, remaining))
+                delay = min(delay * 2, 1.0)
 
     @property
     def _events_maxlen(self) -> int:
@@ -167,7 +209,7 @@ class Broker:
         self, qk: QueueKeys, consumer: str, n: int, held: int = 0
     ) -> tuple[list[str], list[Any]]:
         keys = [qk.delayed, qk.proc(consumer), qk.consumers, qk.deliveries, qk.wake]
-        keys += [self.keys.events, *qk.ready]
+        keys += [self.keys.events, *qk.ready, self.keys.revoked]
         args = [
             n,
             consumer,
@@ -199,6 +241,7 @@ class Broker:
         result: tuple[bytes, int] | None,
         final_event: cmd.Command | None,
         claim_next: int = 0,
+        dead_fields: Sequence[str | bytes] | None = None,
     ) -> tuple[bool, Claim | None]:
         """Finish a task (store its result record with a TTL in ms) and claim the next ones.
 
@@ -207,7 +250,8 @@ class Broker:
         """
         qk = self.keys.queue(queue)
         result_cmds = self._result_commands(task_id, result)
-        commands = cmd.ack(qk, consumer, body, task_id, final_event)
+        dead = None if dead_fields is None else (self.config.dead_letter_maxlen, dead_fields)
+        commands = cmd.ack(qk, consumer, body, task_id, final_event, dead)
         if not (claim_next and self.shared_results):
             held = bool(self._write(result_cmds, commands, essential=1)[0])
             return held, (self.claim(queue, consumer, claim_next) if claim_next else None)
@@ -313,6 +357,45 @@ class Broker:
         ]
         return bool(self._eval(RETRY, keys, args))
 
+    def revoke(
+        self,
+        task_id: str,
+        *,
+        terminate: bool,
+        record: bytes,
+        result_ttl_ms: int,
+        event_fields: Sequence[str],
+    ) -> bool:
+        """Revoke a task that has not finished; see ``lua/revoke.lua``."""
+        if not self.shared_results:
+            # Written first: at worst a task revoked too late shows REVOKED then its result.
+            self._multi(self.results, self._result_commands(task_id, (record, result_ttl_ms)))
+            record = b""
+        keys = [
+            self.keys.revoked,
+            self.keys.terminate,
+            self.keys.result(task_id),
+            self.keys.state(task_id),
+            self.keys.events,
+        ]
+        args = [
+            task_id,
+            int(self.config.revoke_ttl_s * 1000),
+            int(terminate),
+            record,
+            result_ttl_ms,
+            self._events_maxlen,
+            *event_fields,
+        ]
+        return bool(self._eval(REVOKE, keys, args))
+
+    def to_terminate(self, task_ids: Sequence[str]) -> list[str]:
+        """Those of ``task_ids`` (running now) that were revoked with ``terminate=True``."""
+        if not task_ids:
+            return []
+        scores: list[Any] = self.redis.zmscore(self.keys.terminate, list(task_ids))
+        return [tid for tid, score in zip(task_ids, scores, strict=False) if score is not None]
+
     def set_state(self, task_id: str, record: bytes, ttl_ms: int) -> None:
         """Record a non-final state (STARTED, RETRY, progress) of a task."""
         self._multi(self.results, cmd.set_state(self.keys.state(task_id), record, ttl_ms))
@@ -337,6 +420,11 @@ class Broker:
         qk = self.keys.queue(queue)
         args = [int(self.config.lease_s * 1000), expired_max, *consumers]
         return [c.decode() for c in self._eval(RENEW, [qk.consumers], args)]
+
+    def held(self, queue: str, consumer: str) -> list[bytes]:
+        """The envelopes ``consumer`` holds in flight on ``queue``."""
+        bodies: list[bytes] = self.redis.lrange(self.keys.queue(queue).proc(consumer), 0, -1)  # type: ignore[assignment]
+        return bodies
 
     def wait_wake(self, queues: Sequence[str], timeout_s: float) -> bool:
         """Block until a wake token arrives on one of ``queues`` or ``timeout_s`` passes."""

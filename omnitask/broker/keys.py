@@ -18,6 +18,8 @@ touches both tags in one step, which needs a single Redis server; Cluster is not
 | ``P:{A}:s:<task id>`` | STRING | the latest non-final state (STARTED, RETRY) | result TTL |
 | ``P:{A}:events`` | STREAM | lifecycle events | ``events_maxlen`` (approx.) |
 | ``P:{A}:queues`` | SET | names of the queues the app has used | its queues |
+| ``P:{A}:revoked`` | ZSET | revoked task ids, score = when the revocation lapses (server ms) | pruned on each revoke |
+| ``P:{A}:terminate`` | ZSET | revoked task ids whose running process must be killed, same scores | pruned on each revoke |
 | ``P:{A}:workers`` | ZSET | live worker names, score = last heartbeat (unix ms) | pruned by heartbeats |
 
 Envelopes sit inline in the ready lists (about 100 bytes of Redis memory each) instead of a
@@ -98,6 +100,8 @@ class Keyspace:
         self.events = f"{self._app_base}:events"
         self.queues = f"{self._app_base}:queues"
         self.workers = f"{self._app_base}:workers"
+        self.revoked = f"{self._app_base}:revoked"
+        self.terminate = f"{self._app_base}:terminate"
         self._queues: dict[str, QueueKeys] = {}
 
     def queue(self, name: str) -> QueueKeys:

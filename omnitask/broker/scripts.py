@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from importlib import resources
 
-__all__ = ("BURY", "CLAIM", "RENEW", "REQUEUE", "RETRY", "SCRIPTS", "Script")
+__all__ = ("BURY", "CLAIM", "RENEW", "REQUEUE", "RETRY", "REVIVE", "REVOKE", "SCRIPTS", "Script")
 
 
 class Script:
@@ -40,5 +40,7 @@ CLAIM = _load("claim")
 REQUEUE = _load("requeue")
 RENEW = _load("renew")
 RETRY = _load("retry")
+REVOKE = _load("revoke")
 BURY = _load("bury")
-SCRIPTS: tuple[Script, ...] = (CLAIM, REQUEUE, RENEW, RETRY, BURY)
+REVIVE = _load("revive")
+SCRIPTS: tuple[Script, ...] = (CLAIM, REQUEUE, RENEW, RETRY, BURY, REVIVE, REVOKE)

@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import resource
 import signal
 import sys
 import time
@@ -25,12 +26,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from omnitask.context import WorkerInfo
 from omnitask.worker.execute import Executor
+from omnitask.worker.limits import RunSlot
 
 if TYPE_CHECKING:
     from omnitask.app import OmniTask
     from omnitask.broker.client import Claim
 
-__all__ = ("IDLE_WAIT_MAX_S", "Child")
+__all__ = ("IDLE_WAIT_MAX_S", "RECYCLE_EXIT", "Child")
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +40,9 @@ T = TypeVar("T")
 
 IDLE_WAIT_MAX_S = 5.0
 """Longest block on the wake list: a safety net only, since every enqueue wakes a waiter."""
+
+RECYCLE_EXIT = 75
+"""Exit code of a child that stops because it has done its share (recycling), not a crash."""
 
 _PR_SET_PDEATHSIG = 1
 
@@ -63,10 +68,18 @@ class Child:
     """The consume loop of one worker child process."""
 
     def __init__(
-        self, app: OmniTask, queues: Sequence[str], consumer: str, worker: str, parent_pid: int
+        self,
+        app: OmniTask,
+        queues: Sequence[str],
+        consumer: str,
+        worker: str,
+        parent_pid: int,
+        slot: RunSlot | None = None,
     ) -> None:
         """Consume ``queues`` of ``app`` as ``consumer`` of worker ``worker``."""
         self.app = app
+        self.slot = slot
+        self._done = 0
         self.queues = tuple(queues)
         self.consumer = consumer
         self.worker = worker
@@ -90,10 +103,12 @@ class Child:
         self.app.signals.worker_process_init.send(
             WorkerInfo(self.worker, self.queues, os.getpid(), self.consumer)
         )
-        executor = Executor(self.app, self.consumer, self._retrying)
+        executor = Executor(self.app, self.consumer, self._retrying, self.slot)
         with contextlib.suppress(_Stop):
             self._loop(executor)
         logger.debug("child stopped consumer=%s", self.consumer)
+        if self._recycle_due():
+            raise SystemExit(RECYCLE_EXIT)
 
     def _on_term(self, signum: int, frame: FrameType | None) -> None:
         self._stopping = True
@@ -103,7 +118,7 @@ class Child:
     def _loop(self, executor: Executor) -> None:
         claim: Claim | None = None
         queue = self.queues[0]
-        while not self._stopping:
+        while not self._stopping and not self._recycle_due():
             if claim is None or not claim.tasks:
                 queue, claim = self._claim_any()
                 if not claim.tasks:
@@ -113,10 +128,29 @@ class Child:
             self._busy = True
             try:
                 # Ack and the next claim travel together when there is one queue to serve.
-                more = 1 if len(self.queues) == 1 and not self._stopping else 0
+                last = self._stopping or self._last_before_recycling()
+                more = 1 if len(self.queues) == 1 and not last else 0
                 claim = executor.handle(queue, claim.tasks[0], more)
+                self._done += 1
             finally:
                 self._busy = False
+
+    def _last_before_recycling(self) -> bool:
+        limit = self.app.conf.max_tasks_per_child
+        return bool(limit) and self._done + 1 >= limit
+
+    def _recycle_due(self) -> bool:
+        """Whether this child has done its share (--max-tasks-per-child / -memory-per-child)."""
+        conf = self.app.conf
+        if conf.max_tasks_per_child and self._done >= conf.max_tasks_per_child:
+            return True
+        if conf.max_memory_per_child_kb:
+            # ru_maxrss is the peak resident set in KiB on Linux.
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            if peak > conf.max_memory_per_child_kb:
+                logger.info("child recycled: peak memory %d KiB", peak)
+                return True
+        return False
 
     def _claim_any(self) -> tuple[str, Claim]:
         """Claim from the queues in turn, starting after the last one served (fairness).

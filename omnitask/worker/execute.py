@@ -16,8 +16,9 @@ import msgspec
 
 from omnitask import failure
 from omnitask.broker import commands as cmd
-from omnitask.context import Outcome, Request
-from omnitask.errors import MessageError, SerializationError
+from omnitask.broker.client import Claimed
+from omnitask.context import CURRENT_REQUEST, Outcome, Request
+from omnitask.errors import MaxRetriesExceededError, MessageError, SerializationError
 from omnitask.messages import (
     Envelope,
     ResultRecord,
@@ -27,11 +28,13 @@ from omnitask.messages import (
     now_ms,
 )
 from omnitask.result import TaskState
+from omnitask.retry import Retry
 from omnitask.serialization import decode_call, encode_result, get_serializer
+from omnitask.worker.limits import RunSlot, soft_time_limit
 
 if TYPE_CHECKING:
     from omnitask.app import OmniTask
-    from omnitask.broker.client import Claim, Claimed
+    from omnitask.broker.client import Claim
     from omnitask.task import Task
 
 __all__ = ("Executor",)
@@ -49,7 +52,11 @@ class Executor:
     """Runs claimed messages for one consumer (a worker child)."""
 
     def __init__(
-        self, app: OmniTask, consumer: str, io: Callable[[Callable[[], Any]], Any] = _direct
+        self,
+        app: OmniTask,
+        consumer: str,
+        io: Callable[[Callable[[], Any]], Any] = _direct,
+        slot: RunSlot | None = None,
     ) -> None:
         """Run tasks of ``app`` as ``consumer``.
 
@@ -59,6 +66,8 @@ class Executor:
         self.app = app
         self.consumer = consumer
         self._io = io
+        # Only a worker child has a slot; it arms the time limits of the runs it makes.
+        self.slot = slot
         self.broker = app.broker
         conf = app.conf
         self._events_key = app.keys.events
@@ -74,10 +83,8 @@ class Executor:
         except MessageError as exc:
             self._bury(queue, claimed.body, "malformed", str(exc), None, None)
             return None
-        task = self.app.tasks.get(envelope.task)
+        task = self._task(queue, claimed.body, envelope)
         if task is None:
-            reason = f"no task named {envelope.task!r} is registered on this worker"
-            self._bury(queue, claimed.body, "unknown-task", reason, envelope, None)
             return None
         if claimed.deliveries >= self.app.conf.max_deliveries:
             reason = (
@@ -86,9 +93,48 @@ class Executor:
             )
             self._bury(queue, claimed.body, "max-deliveries", reason, envelope, task)
             return None
-        now = now_ms()
-        if envelope.expires_ms is not None and now > envelope.expires_ms:
+        if claimed.revoked:
+            return self._revoke(queue, claimed.body, envelope, task, "revoked", claim_next)
+        if envelope.expires_ms is not None and now_ms() > envelope.expires_ms:
             return self._revoke(queue, claimed.body, envelope, task, "expired", claim_next)
+        request = self._request(queue, claimed, envelope, task)
+        if request is None:
+            return None
+        return self._run(queue, claimed.body, envelope, task, request, claim_next)
+
+    def finish_outside(self, queue: str, body: bytes, exc: Exception, *, revoked: bool) -> None:
+        """Record the outcome of a run that the supervisor stopped by killing its child.
+
+        A run past its hard time limit fails with ``exc`` (or is retried if its policy says
+        so); a run revoked with ``terminate=True`` is recorded as REVOKED.
+        """
+        try:
+            envelope = decode_envelope(body)
+        except MessageError as error:
+            self._bury(queue, body, "malformed", str(error), None, None)
+            return
+        task = self._task(queue, body, envelope)
+        if task is None:
+            return
+        if revoked:
+            self._revoke(queue, body, envelope, task, "terminated", 0)
+            return
+        request = self._request(queue, Claimed(body, 0, False), envelope, task)
+        if request is not None:
+            limit = _ms_to_s(envelope.time_limit_ms) or task.time_limit_s or 0.0
+            self._failed(queue, body, envelope, task, request, exc, limit, 0)
+
+    def _task(self, queue: str, body: bytes, envelope: Envelope) -> Task[Any, Any] | None:
+        task = self.app.tasks.get(envelope.task)
+        if task is None:
+            reason = f"no task named {envelope.task!r} is registered on this worker"
+            self._bury(queue, body, "unknown-task", reason, envelope, None)
+        return task
+
+    def _request(
+        self, queue: str, claimed: Claimed, envelope: Envelope, task: Task[Any, Any]
+    ) -> Request | None:
+        """Decode the arguments into a Request, or dead-letter a message that must not run."""
         if envelope.serializer not in (_MSGPACK.code, get_serializer(task.serializer).code):
             # Unpickling runs code: a payload in a serializer the task does not use is refused.
             detail = f"payload serializer {envelope.serializer} is not accepted by this task"
@@ -97,11 +143,10 @@ class Executor:
         try:
             args, kwargs = decode_call(get_serializer(envelope.serializer), envelope.payload)
         except Exception as exc:  # noqa: BLE001 - any decoder error means the same thing here
-            self._bury(
-                queue, claimed.body, "undecodable", f"{type(exc).__name__}: {exc}", envelope, task
-            )
+            detail = f"{type(exc).__name__}: {exc}"
+            self._bury(queue, claimed.body, "undecodable", detail, envelope, task)
             return None
-        request = Request(
+        return Request(
             id=envelope.id,
             task=envelope.task,
             args=args,
@@ -113,7 +158,6 @@ class Executor:
             eta=_datetime(envelope.eta_ms),
             worker=self.consumer,
         )
-        return self._run(queue, claimed.body, envelope, task, request, claim_next)
 
     def _run(
         self,
@@ -135,15 +179,10 @@ class Executor:
         self.app.signals.task_prerun.send(request)
         start = time.perf_counter()
         try:
-            value = task.fn(*request.args, **request.kwargs)
+            value = self._call(task, request, envelope)
         except Exception as exc:  # noqa: BLE001 - the task's failure is data, not our error
             runtime = time.perf_counter() - start
-            if envelope.retries < task.retries:
-                self._retry(queue, body, envelope, task, exc, ttl_ms)
-                outcome = Outcome(request, TaskState.RETRY.value, exception=exc, runtime_s=runtime)
-                self.app.signals.task_postrun.send(outcome)
-                return None
-            return self._fail(queue, body, envelope, task, request, exc, runtime, claim_next)
+            return self._failed(queue, body, envelope, task, request, exc, runtime, claim_next)
         runtime = time.perf_counter() - start
         try:
             encoded = None if task.ignore_result else encode_result(codec, task.name, value)
@@ -170,6 +209,66 @@ class Executor:
         self.app.signals.task_postrun.send(outcome)
         return claim
 
+    def _call(self, task: Task[Any, Any], request: Request, envelope: Envelope) -> Any:
+        """Call the task's function with its request current and its time limits armed."""
+        conf = self.app.conf
+        hard = _ms_to_s(envelope.time_limit_ms) or task.time_limit_s or conf.time_limit_s
+        soft = (
+            _ms_to_s(envelope.soft_time_limit_ms)
+            or task.soft_time_limit_s
+            or conf.soft_time_limit_s
+        )
+        args = (task, *request.args) if task.bind else request.args
+        token = CURRENT_REQUEST.set(request)
+        if self.slot is not None:
+            self.slot.begin(request.id, hard)
+        try:
+            with soft_time_limit(soft if self.slot is not None else None):
+                return task.fn(*args, **request.kwargs)
+        finally:
+            if self.slot is not None:
+                self.slot.end()
+            CURRENT_REQUEST.reset(token)
+
+    def _failed(
+        self,
+        queue: str,
+        body: bytes,
+        envelope: Envelope,
+        task: Task[Any, Any],
+        request: Request,
+        exc: Exception,
+        runtime: float,
+        claim_next: int,
+    ) -> Claim | None:
+        """A run raised ``exc``: retry it if the policy (or ``self.retry()``) says so, else fail."""
+        policy = task.retry_policy
+        if isinstance(exc, Retry):
+            limit = task.retries if exc.max_retries is None else exc.max_retries
+            cause = exc.exc if isinstance(exc.exc, Exception) else exc
+            if envelope.retries >= limit:
+                final = (
+                    exc.exc
+                    if isinstance(exc.exc, Exception)
+                    else MaxRetriesExceededError(
+                        f"task {task.name!r} asked for retry {envelope.retries + 1} of {limit}"
+                    )
+                )
+                return self._fail(queue, body, envelope, task, request, final, runtime, claim_next)
+            delay = exc.countdown_s
+            if delay is None and exc.eta is not None:
+                delay = max(0.0, exc.eta.timestamp() - time.time())
+            if delay is None:
+                delay = policy.delay(envelope.retries)
+        elif policy.should_retry(exc, envelope.retries):
+            cause, delay = exc, policy.delay(envelope.retries)
+        else:
+            return self._fail(queue, body, envelope, task, request, exc, runtime, claim_next)
+        self._retry(queue, body, envelope, task, cause, int(task.result_ttl_s * 1000), delay)
+        outcome = Outcome(request, TaskState.RETRY.value, exception=cause, runtime_s=runtime)
+        self.app.signals.task_postrun.send(outcome)
+        return None
+
     def _ack(
         self,
         queue: str,
@@ -178,9 +277,12 @@ class Executor:
         result: tuple[bytes, int] | None,
         event: cmd.Command | None,
         claim_next: int,
+        dead_fields: list[str | bytes] | None = None,
     ) -> Claim | None:
         held, claim = self._io(
-            lambda: self.broker.ack(queue, self.consumer, body, task_id, result, event, claim_next)
+            lambda: self.broker.ack(
+                queue, self.consumer, body, task_id, result, event, claim_next, dead_fields
+            )
         )
         if not held:
             logger.warning(
@@ -236,7 +338,10 @@ class Executor:
         )
         ttl_ms = int(task.result_ttl_s * 1000)
         result = None if task.ignore_result else (encode_result_record(record), ttl_ms)
-        claim = self._ack(queue, body, envelope.id, result, event, claim_next)
+        dead: list[str | bytes] = ["reason", "failed", "detail", summary, "w", self.consumer]
+        dead += ["i", envelope.id, "n", envelope.task, "attempts", str(envelope.retries + 1)]
+        dead += ["traceback", (record.traceback or "")[-8000:]]
+        claim = self._ack(queue, body, envelope.id, result, event, claim_next, dead)
         outcome = Outcome(
             request, state, exception=exc, traceback=record.traceback, runtime_s=runtime
         )
@@ -252,8 +357,10 @@ class Executor:
         task: Task[Any, Any],
         exc: Exception,
         ttl_ms: int,
+        delay_s: float,
     ) -> None:
         retries = envelope.retries + 1
+        due_ms = now_ms() + int(delay_s * 1000) if delay_s > 0 else None
         record, summary = self._error_record(TaskState.RETRY.value, task, exc, retries, None)
         logger.info(
             "task retry task=%s id=%s retry=%d/%d error=%s",
@@ -279,7 +386,7 @@ class Executor:
                 body,
                 new_body,
                 envelope.priority,
-                None,
+                due_ms,
                 envelope.id,
                 state,
                 event_fields,
@@ -362,6 +469,10 @@ _ERROR_FOR_REASON = {
 
 
 _MSGPACK = get_serializer("msgpack")
+
+
+def _ms_to_s(ms: int | None) -> float | None:
+    return None if ms is None else ms / 1000
 
 
 def _datetime(ms: int | None) -> datetime | None:

@@ -35,8 +35,11 @@ from redis.exceptions import RedisError
 from omnitask.broker import commands as cmd
 from omnitask.broker.client import Broker
 from omnitask.context import WorkerInfo
+from omnitask.errors import TimeLimitExceeded
 from omnitask.messages import now_ms
-from omnitask.worker.child import Child
+from omnitask.worker.child import RECYCLE_EXIT, Child
+from omnitask.worker.execute import Executor
+from omnitask.worker.limits import RunSlot
 
 if TYPE_CHECKING:
     from omnitask.app import OmniTask
@@ -62,9 +65,9 @@ _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def _child_main(
-    app: OmniTask, queues: Sequence[str], consumer: str, worker: str, ppid: int
+    app: OmniTask, queues: Sequence[str], consumer: str, worker: str, ppid: int, slot: RunSlot
 ) -> None:
-    Child(app, queues, consumer, worker, ppid).run()
+    Child(app, queues, consumer, worker, ppid, slot).run()
 
 
 class Supervisor:
@@ -81,6 +84,10 @@ class Supervisor:
         self.children: dict[str, BaseProcess] = {}
         self._started: dict[str, float] = {}
         self._killed: set[str] = set()
+        self._slots: dict[str, RunSlot] = {}
+        # Children killed for their run (past its hard time limit, or revoked with terminate):
+        # consumer -> True when revoked; their outcome is recorded, not handed back.
+        self._stopped: dict[str, bool] = {}
         self._signals: list[int] = []
         self._spawned = 0
         # Consumer ids must never repeat, even when a restarted worker gets the same pid (a
@@ -139,9 +146,10 @@ class Supervisor:
         # The consumer id names the child's in-flight lists; a replacement child gets a new one.
         self._spawned += 1
         consumer = f"{self.name}/{self._nonce}.{self._spawned}"
+        slot = self._slots[consumer] = RunSlot(ctx)
         process = ctx.Process(  # type: ignore[attr-defined]
             target=_child_main,
-            args=(self.app, self.queues, consumer, self.name, os.getpid()),
+            args=(self.app, self.queues, consumer, self.name, os.getpid(), slot),
             name=f"omnitask-child {consumer}",
             daemon=False,
         )
@@ -161,6 +169,7 @@ class Supervisor:
         heartbeat_every = self.app.conf.heartbeat_interval_s
         next_renew = next_heartbeat = 0.0
         while True:
+            self._enforce()
             self._reap(respawn=ctx)
             if self._signals:
                 self._shutdown()
@@ -175,6 +184,43 @@ class Supervisor:
             timeout = max(0.0, min(next_renew, next_heartbeat) - time.monotonic())
             self._wait(min(timeout, TICK_S))
 
+    def _enforce(self) -> None:
+        """Kill children whose run passed its hard time limit or was revoked to terminate."""
+        now = time.monotonic()
+        running: dict[str, str] = {}
+        for consumer, slot in self._slots.items():
+            if consumer in self._stopped or consumer not in self.children:
+                continue
+            if slot.overdue(now):
+                logger.warning("time limit exceeded consumer=%s task=%s", consumer, slot.task_id)
+                self._stop_run(consumer, revoked=False)
+            elif slot.task_id:
+                running[slot.task_id] = consumer
+        if running:
+            doomed = self._redis_step(
+                partial(self.broker.to_terminate, list(running)), what="revoked"
+            )
+            for task_id in doomed or ():
+                logger.warning("terminating revoked task=%s", task_id)
+                self._stop_run(running[task_id], revoked=True)
+
+    def _stop_run(self, consumer: str, *, revoked: bool) -> None:
+        self._stopped[consumer] = revoked
+        self._kill(self.children[consumer], signal.SIGKILL)
+
+    def _finish_stopped(self, consumer: str, revoked: bool) -> None:
+        """Record the outcome of the runs a killed child held (anything else is handed back)."""
+        executor = Executor(self.app, consumer)
+        exc = TimeLimitExceeded("the task ran past its hard time limit and was killed")
+        for queue in self.queues:
+            bodies = self._redis_step(partial(self.broker.held, queue, consumer), what="read")
+            for body in bodies or ():
+                self._redis_step(
+                    partial(executor.finish_outside, queue, body, exc, revoked=revoked),
+                    what="record outcome",
+                    retry_for_s=10.0,
+                )
+
     def _wait(self, timeout_s: float) -> None:
         wait([*(p.sentinel for p in self.children.values()), self._wake_r], timeout=timeout_s)
         while select.select([self._wake_r], [], [], 0)[0]:
@@ -188,8 +234,16 @@ class Supervisor:
             process.join()
             del self.children[consumer]
             started = self._started.pop(consumer)
-            # Our own kills (shutdown) and clean exits after SIGTERM are not the task's fault.
-            ours = consumer in self._killed or (respawn is None and process.exitcode == 0)
+            self._slots.pop(consumer, None)
+            if consumer in self._stopped:
+                self._finish_stopped(consumer, self._stopped.pop(consumer))
+            # Our own kills (shutdown, limits, terminate), recycling, and clean exits after
+            # SIGTERM are not the task's fault: they do not count as deliveries.
+            ours = (
+                consumer in self._killed
+                or process.exitcode == RECYCLE_EXIT
+                or (respawn is None and process.exitcode == 0)
+            )
             self._killed.discard(consumer)
             if not ours:
                 logger.error(
@@ -200,7 +254,8 @@ class Supervisor:
                 )
             self._hand_back(consumer, count_delivery=not ours)
             if respawn is not None:
-                self._backoff(time.monotonic() - started)
+                if process.exitcode != RECYCLE_EXIT:
+                    self._backoff(time.monotonic() - started)
                 self._spawn(respawn)
 
     def _backoff(self, lived_s: float) -> None:

@@ -95,3 +95,55 @@ def quiet(tag: str) -> None:
 @app.task(result_ttl=1)
 def short_lived() -> str:
     return "soon gone"
+
+
+@app.task(retries=3, retry_on=(KeyError,), retry_backoff=False)
+def picky(kind: str) -> None:
+    """Only KeyError is retried: counts runs in ``test:picky``."""
+    _redis().incr("test:picky")
+    raise KeyError(kind) if kind == "key" else ValueError(kind)
+
+
+@app.task(retries=1, retry_backoff=False, retry_delay=0.8)
+def fixed_delay(tag: str) -> str:
+    """Fails once, then succeeds after a fixed 0.8 s wait that happens in Redis."""
+    if _redis().incr(f"test:fixed:{tag}") == 1:
+        raise RuntimeError("first run fails")
+    return tag
+
+
+@app.task(bind=True, retries=2)
+def bound(self: object, tag: str) -> dict[str, object]:
+    """Retries itself twice through self.retry(), recording each request."""
+    from omnitask import Task
+
+    assert isinstance(self, Task)
+    req = self.request
+    _redis().rpush("test:requests", f"{req.id}|{req.retries}|{req.delivery}|{req.queue}")
+    if req.retries < 2:
+        raise self.retry(countdown=0.1)
+    return {"retries": req.retries, "args": list(req.args)}
+
+
+@app.task(soft_time_limit=0.3)
+def soft_limited() -> str:
+    from omnitask import SoftTimeLimitExceeded
+
+    try:
+        time.sleep(5)
+    except SoftTimeLimitExceeded:
+        _redis().rpush("test:log", "cleaned up")
+        return "stopped in time"
+    return "not stopped"
+
+
+@app.task(time_limit=0.5)
+def hard_limited(tag: str) -> None:
+    _redis().rpush("test:started", tag)
+    time.sleep(30)
+
+
+@app.task(time_limit=0.5, retries=1, retry_backoff=False)
+def hard_limited_retry(tag: str) -> None:
+    _redis().rpush("test:started", tag)
+    time.sleep(30)

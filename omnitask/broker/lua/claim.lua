@@ -13,12 +13,13 @@
 --
 -- KEYS[1] delayed ZSET      KEYS[2] proc LIST (this consumer)   KEYS[3] consumers ZSET
 -- KEYS[4] deliveries HASH   KEYS[5] wake LIST                   KEYS[6] events STREAM
--- KEYS[7..16] ready LISTs for priorities 0..9
+-- KEYS[7..16] ready LISTs for priorities 0..9   KEYS[17] revoked ZSET
 -- ARGV[1] max envelopes to claim   ARGV[2] consumer id   ARGV[3] lease ms
 -- ARGV[4] events maxlen (0: publish none)   ARGV[5] queue name   ARGV[6] default priority
 -- ARGV[7] max delayed envelopes to promote   ARGV[8] max wake tokens
 -- ARGV[9] envelopes the caller holds in proc already
--- Returns {server now ms, next due ms or -1, env 1, deliveries 1, env 2, deliveries 2, ...};
+-- Returns {server now ms, next due ms or -1, env 1, deliveries 1, revoked 1, env 2, ...};
+-- revoked is 1 for a task revoked before it ran (the worker records REVOKED, never runs it);
 -- "next due" is only computed when nothing was claimed (the caller then sleeps until it).
 
 local n = tonumber(ARGV[1])
@@ -33,6 +34,11 @@ local function deliveries_of(id)
   return tonumber(redis.call('HGET', KEYS[4], id) or '0')
 end
 
+local function revoked(id)
+  if id and redis.call('ZSCORE', KEYS[17], id) then return 1 end
+  return 0
+end
+
 local out = {now, -1}
 local orphans = redis.call('LRANGE', KEYS[2], held, held + n - 1)
 if #orphans > 0 then
@@ -40,6 +46,7 @@ if #orphans > 0 then
     local _, id = ot_header(env)
     out[#out + 1] = env
     out[#out + 1] = deliveries_of(id)
+    out[#out + 1] = revoked(id)
   end
   return out
 end
@@ -60,6 +67,7 @@ while claimed < n and p >= 0 do
   if env then
     local _, id, name = ot_header(env)
     local deliveries = deliveries_of(id)
+    local is_revoked = revoked(id)
     if maxlen > 0 then
       local fields = {'i', id or '', 'n', name or '', 'q', queue, 'w', consumer}
       redis.call('XADD', KEYS[6], 'MAXLEN', '~', maxlen, '*', 'e', 'task-received', unpack(fields))
@@ -69,6 +77,7 @@ while claimed < n and p >= 0 do
     claimed = claimed + 1
     out[#out + 1] = env
     out[#out + 1] = deliveries
+    out[#out + 1] = is_revoked
   else
     p = p - 1
   end

@@ -1,0 +1,70 @@
+"""Time limits: what a child shares with its supervisor, and the soft limit inside a child.
+
+The hard limit is enforced from outside (a task stuck in C code cannot be interrupted from
+within): the child writes the deadline and the task id of its current run into shared memory,
+and the supervisor kills it when the deadline passes. The soft limit is a SIGALRM in the
+child that raises :class:`~omnitask.errors.SoftTimeLimitExceeded` inside the task.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from multiprocessing.context import BaseContext
+from types import FrameType
+
+from omnitask.errors import SoftTimeLimitExceeded
+
+__all__ = ("RunSlot", "soft_time_limit")
+
+TASK_ID_BYTES = 256
+
+
+class RunSlot:
+    """The current run of one child, in memory shared with the supervisor (fork inherits it)."""
+
+    def __init__(self, ctx: BaseContext) -> None:
+        """Allocate the shared memory; create it in the supervisor, before the fork."""
+        self._deadline = ctx.RawValue("d", 0.0)
+        self._task_id = ctx.RawArray("c", TASK_ID_BYTES)
+
+    def begin(self, task_id: str, hard_limit_s: float | None) -> None:
+        """Record that ``task_id`` starts now, with a hard limit (None: no limit)."""
+        self._task_id.value = task_id.encode()[: TASK_ID_BYTES - 1]
+        self._deadline.value = time.monotonic() + hard_limit_s if hard_limit_s else 0.0
+
+    def end(self) -> None:
+        """Record that the run ended."""
+        self._deadline.value = 0.0
+        self._task_id.value = b""
+
+    @property
+    def task_id(self) -> str:
+        """The id of the task running now, or ''."""
+        return bytes(self._task_id.value).decode(errors="replace")
+
+    def overdue(self, now: float) -> bool:
+        """Whether the run in progress has passed its hard deadline."""
+        deadline = float(self._deadline.value)
+        return 0.0 < deadline <= now
+
+
+def _raise_soft(signum: int, frame: FrameType | None) -> None:
+    raise SoftTimeLimitExceeded("soft time limit exceeded")
+
+
+@contextmanager
+def soft_time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise SoftTimeLimitExceeded in this (main) thread after ``seconds``; None: no limit."""
+    if not seconds:
+        yield
+        return
+    previous = signal.signal(signal.SIGALRM, _raise_soft)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
