@@ -37,6 +37,8 @@ def broker_url(private: bool) -> Iterator[str]:
         except redis.RedisError:
             pass
     if url is not None:
+        print(f"Using the Redis at {url}; the demo's keys start with 'ot:{{quickstart' and")
+        print("its results expire after a day.")
         yield url
         return
     try:
@@ -86,8 +88,11 @@ def main() -> int:
 
 
 def demo(tasks) -> int:  # type: ignore[no-untyped-def]
+    from datetime import datetime, timezone
+
     from omnitask import TaskState
 
+    began = datetime.now(timezone.utc)
     start = time.perf_counter()
     print("add.delay(1, 2).get() ->", tasks.add.delay(1, 2).get(timeout=10))
 
@@ -95,7 +100,7 @@ def demo(tasks) -> int:  # type: ignore[no-untyped-def]
     print("100 tasks in one round trip, sum of results ->", sum(r.get(timeout=10) for r in results))
 
     slow = tasks.report.delay(300)
-    print("report task state while it runs ->", slow.state)
+    print("report task state right after sending ->", slow.state, "(PENDING: not started yet)")
     print("report(300).get() ->", slow.get(timeout=10), f"state={slow.state}")
 
     later = tasks.add.apply_async((20, 22), countdown=1.0)
@@ -111,8 +116,9 @@ def demo(tasks) -> int:  # type: ignore[no-untyped-def]
 
     kinds: dict[str, int] = {}
     for event in tasks.app.events.replay(2000):
-        kinds[event.kind] = kinds.get(event.kind, 0) + 1
-    print("events seen:", ", ".join(f"{k}={n}" for k, n in sorted(kinds.items())))
+        if event.time >= began.replace(microsecond=began.microsecond // 1000 * 1000):
+            kinds[event.kind] = kinds.get(event.kind, 0) + 1
+    print("events of this run:", ", ".join(f"{k}={n}" for k, n in sorted(kinds.items())))
     print(f"done in {time.perf_counter() - start:.2f} s")
     tasks.app.close()
     return 0

@@ -15,6 +15,7 @@ import redis
 from omnitask.broker.client import Broker
 from omnitask.broker.keys import Keyspace, check_name
 from omnitask.config import Config, load_config, mask_url
+from omnitask.deadletters import DeadLetters
 from omnitask.errors import BrokerConnectionError, ConfigurationError, TaskNotRegisteredError
 from omnitask.events import EventStream
 from omnitask.producer import Call, OptionsLike, seconds
@@ -22,6 +23,7 @@ from omnitask.result import AsyncResult
 from omnitask.retry import RetryPolicy
 from omnitask.serialization import SERIALIZER_NAMES, get_serializer
 from omnitask.signals import Signals
+from omnitask.signing import Signer
 from omnitask.task import Task
 
 if TYPE_CHECKING:
@@ -80,6 +82,8 @@ class Settings(TypedDict, total=False):
     max_tasks_per_child: int
     max_memory_per_child_kb: int
     revoke_ttl_s: float
+    secret_key: str | None
+    unsigned_pickle: bool
 
 
 class OmniTask:
@@ -131,6 +135,7 @@ class OmniTask:
         self.events = EventStream(self)
         self._broker: Broker | None = None
         self._keys: Keyspace | None = None
+        self._signer: tuple[str, Signer] | None = None
 
     def __repr__(self) -> str:
         return f"<OmniTask {self.main}>"
@@ -398,6 +403,21 @@ class OmniTask:
         return AsyncResult(task_id, self)
 
     @property
+    def dead_letters(self) -> DeadLetters:
+        """Inspect, requeue and purge the app's dead letters."""
+        return DeadLetters(self)
+
+    @property
+    def signer(self) -> Signer | None:
+        """Signs and checks messages and results, when the app has a ``secret_key``."""
+        key = self.conf.secret_key
+        if key is None:
+            return None
+        if self._signer is None or self._signer[0] != key:
+            self._signer = (key, Signer(key))
+        return self._signer[1]
+
+    @property
     def accepted_serializers(self) -> frozenset[int]:
         """Wire codes of the serializers this app decodes results and errors with.
 
@@ -416,6 +436,8 @@ class OmniTask:
         """Settings as a plain dict (the broker password masked), for banners and debugging."""
         data: dict[str, Any] = msgspec.structs.asdict(self.conf)
         data["broker_url"] = mask_url(self.conf.broker_url)
+        if self.conf.secret_key:
+            data["secret_key"] = "***"
         if self.conf.result_backend:
             data["result_backend"] = mask_url(self.conf.result_backend)
         return data

@@ -9,7 +9,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from omnitask import __version__
+from omnitask import __version__, deadletters
 from omnitask.app import OmniTask
 from omnitask.config import mask_url
 from omnitask.errors import OmnitaskError
@@ -43,6 +43,17 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--shutdown-timeout", type=float, help="seconds running tasks get on SIGTERM"
     )
+    worker.add_argument("--time-limit", type=float, help="default hard time limit, seconds")
+    worker.add_argument("--soft-time-limit", type=float, help="default soft time limit, seconds")
+    worker.add_argument(
+        "--max-tasks-per-child", type=int, help="replace a child after this many tasks"
+    )
+    worker.add_argument(
+        "--max-memory-per-child",
+        type=int,
+        metavar="KIB",
+        help="replace a child after a task leaves its peak memory above this many KiB",
+    )
     worker.add_argument(
         "--lease",
         type=float,
@@ -58,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     events.add_argument("--json", action="store_true", help="one JSON object per line")
     events.add_argument("--timeout", type=float, help="stop after this many seconds without events")
     _log_arg(events)
+    deadletters.add_parser(sub)
     return parser
 
 
@@ -87,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         app = load_app(args.app)
         if args.command == "worker":
             return _worker(app, args)
+        if args.command == "dlq":
+            return deadletters.run(app, args)
         return _events(app, args)
     except OmnitaskError as exc:
         print(f"omnitask: error: {exc}", file=sys.stderr)  # noqa: T201
@@ -98,13 +112,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _worker(app: OmniTask, args: argparse.Namespace) -> int:
     from omnitask.worker.supervisor import Supervisor
 
-    settings: dict[str, object] = {}
-    if args.concurrency is not None:
-        settings["worker_concurrency"] = args.concurrency
-    if args.shutdown_timeout is not None:
-        settings["shutdown_timeout_s"] = args.shutdown_timeout
-    if args.lease is not None:
-        settings["lease_s"] = args.lease
+    flags = {
+        "worker_concurrency": args.concurrency,
+        "shutdown_timeout_s": args.shutdown_timeout,
+        "lease_s": args.lease,
+        "time_limit_s": args.time_limit,
+        "soft_time_limit_s": args.soft_time_limit,
+        "max_tasks_per_child": args.max_tasks_per_child,
+        "max_memory_per_child_kb": args.max_memory_per_child,
+    }
+    settings = {name: value for name, value in flags.items() if value is not None}
     if settings:
         app.configure(**settings)
     app.import_includes()

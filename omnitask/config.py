@@ -87,6 +87,11 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             resident memory above this many KiB (0: never).
         revoke_ttl_s: Seconds a revocation is remembered: a delayed task revoked now and due
             later than this would run after all.
+        secret_key: Signs every message and result (HMAC-SHA256); workers run only messages,
+            and clients read only results, whose signature checks. Same key everywhere.
+        unsigned_pickle: Accept cloudpickle payloads and results without a signature. Off:
+            cloudpickle needs a ``secret_key``, since unpickling runs code. Turn on only where
+            everything that can write to Redis is trusted.
     """
 
     broker_url: str = "redis://localhost:6379/0"
@@ -112,6 +117,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     max_tasks_per_child: int = 0
     max_memory_per_child_kb: int = 0
     revoke_ttl_s: float = 7 * 86_400.0
+    secret_key: str | None = None
+    unsigned_pickle: bool = False
 
     def __post_init__(self) -> None:
         """Check values that a type alone cannot (msgspec reports these with the field name)."""

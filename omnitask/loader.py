@@ -28,7 +28,14 @@ def load_app(spec: str) -> OmniTask:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         if exc.name and module_name.startswith(exc.name):
-            raise ConfigurationError(f"cannot import {module_name!r} given by -A: {exc}") from exc
+            hint = (
+                "give a module path without .py"
+                if module_name.endswith(".py")
+                else "run from the directory that contains it, or add it to PYTHONPATH"
+            )
+            raise ConfigurationError(
+                f"cannot import {module_name!r} given by -A: {exc} ({hint})"
+            ) from exc
         raise
     if attr:
         obj: object = module

@@ -45,6 +45,7 @@ class Envelope(msgspec.Struct, array_like=True, frozen=True, omit_defaults=True)
         retries: How many times the task has been retried so far.
         time_limit_ms: Hard time limit of this call, overriding the task's.
         soft_time_limit_ms: Soft time limit of this call, overriding the task's.
+        sig: HMAC-SHA256 of the envelope without it, when the app has a ``secret_key``.
     """
 
     v: int
@@ -59,6 +60,7 @@ class Envelope(msgspec.Struct, array_like=True, frozen=True, omit_defaults=True)
     retries: int = 0
     time_limit_ms: int | None = None
     soft_time_limit_ms: int | None = None
+    sig: bytes | None = None
 
 
 class ResultRecord(msgspec.Struct, array_like=True, frozen=True, omit_defaults=True):
@@ -77,6 +79,7 @@ class ResultRecord(msgspec.Struct, array_like=True, frozen=True, omit_defaults=T
         worker: The consumer (worker child) that produced the state.
         runtime_s: Seconds the task body ran.
         retries: Retries done when this state was written.
+        sig: HMAC-SHA256 of the record without it, when the app has a ``secret_key``.
     """
 
     state: str
@@ -91,6 +94,7 @@ class ResultRecord(msgspec.Struct, array_like=True, frozen=True, omit_defaults=T
     worker: str | None = None
     runtime_s: float | None = None
     retries: int = 0
+    sig: bytes | None = None
 
 
 _envelope_encoder = msgspec.msgpack.Encoder()

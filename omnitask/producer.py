@@ -136,6 +136,15 @@ class Call(NamedTuple):
             time_limit_ms=_limit_ms("time_limit", options.get("time_limit")),
             soft_time_limit_ms=_limit_ms("soft_time_limit", options.get("soft_time_limit")),
         )
+        signer = app.signer
+        if signer is not None:
+            envelope = signer.sign(envelope)
+        elif codec.name == "cloudpickle" and not app.conf.unsigned_pickle:
+            raise ConfigurationError(
+                f"task {name!r} uses cloudpickle, which workers only accept signed: set "
+                "secret_key (OMNITASK_SECRET_KEY), or unsigned_pickle=True where everything "
+                "that can write to Redis is trusted"
+            )
         return cls(queue, task_id, (encode_envelope(envelope), priority, due, task_id, name))
 
 

@@ -39,6 +39,8 @@ class TaskState(str, enum.Enum):
         return self.value
 
 
+_PICKLE_CODE = get_serializer("cloudpickle").code
+
 READY_STATES = frozenset({TaskState.SUCCESS, TaskState.FAILURE, TaskState.REVOKED})
 """States after which a task never changes again."""
 
@@ -103,7 +105,7 @@ class AsyncResult(Generic[R]):
         metadata; PENDING None.
         """
         record = self._record()
-        return None if record is None else _value(record, self.app.accepted_serializers)
+        return None if record is None else _value(record, self.app)
 
     info = result
 
@@ -145,7 +147,7 @@ class AsyncResult(Generic[R]):
             if data is None:
                 raise ResultTimeoutError(f"no result for task {self.id} within {timeout} s")
             self._final = decode_result(data)
-        value = _value(self._final, self.app.accepted_serializers)
+        value = _value(self._final, self.app)
         if isinstance(value, BaseException) and propagate:
             raise value
         return value  # type: ignore[no-any-return]
@@ -164,11 +166,12 @@ class AsyncResult(Generic[R]):
         record = ResultRecord(TaskState.REVOKED.value, now_ms(), "", exc_message="revoked")
         ttl_ms = int(self.app.conf.result_ttl_s * 1000)
         fields = ["i", self.id, "reason", "terminated" if terminate else "revoked"]
+        signer = self.app.signer
         self._final = None
         return self.app.broker.revoke(
             self.id,
             terminate=terminate,
-            record=encode_result_record(record),
+            record=encode_result_record(signer.sign(record) if signer else record),
             result_ttl_ms=ttl_ms,
             event_fields=fields,
         )
@@ -179,7 +182,15 @@ class AsyncResult(Generic[R]):
         self.app.broker.forget(self.id)
 
 
-def _value(record: ResultRecord, accepted: frozenset[int]) -> Any:
+def _value(record: ResultRecord, app: OmniTask) -> Any:
+    signer = app.signer
+    if signer is not None and not signer.verify(record):
+        raise SerializationError(
+            f"the {record.state} record of this task is not signed with this app's secret_key"
+        )
+    accepted = set(app.accepted_serializers)
+    if signer is None and not app.conf.unsigned_pickle:
+        accepted.discard(_PICKLE_CODE)  # unpickling an unsigned record could run any code
     if record.state == TaskState.FAILURE:
         return failure.rebuild(
             record.exc_type or "builtins:Exception",

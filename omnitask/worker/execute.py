@@ -83,6 +83,8 @@ class Executor:
         except MessageError as exc:
             self._bury(queue, claimed.body, "malformed", str(exc), None, None)
             return None
+        if not self._trusted(queue, claimed.body, envelope):
+            return None
         task = self._task(queue, claimed.body, envelope)
         if task is None:
             return None
@@ -113,6 +115,8 @@ class Executor:
         except MessageError as error:
             self._bury(queue, body, "malformed", str(error), None, None)
             return
+        if not self._trusted(queue, body, envelope):
+            return
         task = self._task(queue, body, envelope)
         if task is None:
             return
@@ -123,6 +127,24 @@ class Executor:
         if request is not None:
             limit = _ms_to_s(envelope.time_limit_ms) or task.time_limit_s or 0.0
             self._failed(queue, body, envelope, task, request, exc, limit, 0)
+
+    def _record_bytes(self, record: ResultRecord) -> bytes:
+        signer = self.app.signer
+        return encode_result_record(signer.sign(record) if signer else record)
+
+    def _trusted(self, queue: str, body: bytes, envelope: Envelope) -> bool:
+        """Check the signature (with a secret_key) and that a pickled payload may be read."""
+        signer = self.app.signer
+        if signer is not None and not signer.verify(envelope):
+            what = "unsigned" if envelope.sig is None else "its signature does not match"
+            self._bury(queue, body, "bad-signature", f"message {what}; not run", envelope, None)
+            return False
+        pickled = envelope.serializer == _PICKLE.code
+        if pickled and signer is None and not self.app.conf.unsigned_pickle:
+            detail = "unsigned cloudpickle payload (set secret_key, or unsigned_pickle=True)"
+            self._bury(queue, body, "serializer-refused", detail, envelope, None)
+            return False
+        return True
 
     def _task(self, queue: str, body: bytes, envelope: Envelope) -> Task[Any, Any] | None:
         task = self.app.tasks.get(envelope.task)
@@ -174,7 +196,7 @@ class Executor:
             started = ResultRecord(
                 TaskState.STARTED.value, now_ms(), task.name, worker=self.consumer
             )
-            data = encode_result_record(started)
+            data = self._record_bytes(started)
             self._io(lambda: self.broker.set_state(envelope.id, data, ttl_ms))
         self.app.signals.task_prerun.send(request)
         start = time.perf_counter()
@@ -202,7 +224,7 @@ class Executor:
         event = self._event(
             "task-succeeded", *self._fields(envelope, queue), "rt", f"{runtime:.6f}"
         )
-        result = None if task.ignore_result else (encode_result_record(record), ttl_ms)
+        result = None if task.ignore_result else (self._record_bytes(record), ttl_ms)
         claim = self._ack(queue, body, envelope.id, result, event, claim_next)
         outcome = Outcome(request, TaskState.SUCCESS.value, result=value, runtime_s=runtime)
         self.app.signals.task_success.send(outcome)
@@ -337,7 +359,7 @@ class Executor:
             summary,
         )
         ttl_ms = int(task.result_ttl_s * 1000)
-        result = None if task.ignore_result else (encode_result_record(record), ttl_ms)
+        result = None if task.ignore_result else (self._record_bytes(record), ttl_ms)
         dead: list[str | bytes] = ["reason", "failed", "detail", summary, "w", self.consumer]
         dead += ["i", envelope.id, "n", envelope.task, "attempts", str(envelope.retries + 1)]
         dead += ["traceback", (record.traceback or "")[-8000:]]
@@ -370,7 +392,9 @@ class Executor:
             task.retries,
             summary,
         )
-        new_body = encode_envelope(msgspec.structs.replace(envelope, retries=retries))
+        retried = msgspec.structs.replace(envelope, retries=retries)
+        signer = self.app.signer
+        new_body = encode_envelope(signer.sign(retried) if signer else retried)
         event_fields = (
             *self._fields(envelope, queue),
             "retries",
@@ -378,7 +402,7 @@ class Executor:
             "exception",
             summary,
         )
-        state = (encode_result_record(record), ttl_ms)
+        state = (self._record_bytes(record), ttl_ms)
         self._io(
             lambda: self.broker.retry(
                 queue,
@@ -410,7 +434,7 @@ class Executor:
         result = (
             None
             if task.ignore_result
-            else (encode_result_record(record), int(task.result_ttl_s * 1000))
+            else (self._record_bytes(record), int(task.result_ttl_s * 1000))
         )
         return self._ack(queue, body, envelope.id, result, event, claim_next)
 
@@ -451,7 +475,7 @@ class Executor:
                     worker=self.consumer,
                     retries=envelope.retries,
                 )
-                result = (encode_result_record(record), int(ttl_s * 1000))
+                result = (self._record_bytes(record), int(ttl_s * 1000))
         self._io(
             lambda: self.broker.bury(
                 queue, self.consumer, body, fields, task_id, result, event_fields
@@ -469,6 +493,7 @@ _ERROR_FOR_REASON = {
 
 
 _MSGPACK = get_serializer("msgpack")
+_PICKLE = get_serializer("cloudpickle")
 
 
 def _ms_to_s(ms: int | None) -> float | None:

@@ -331,6 +331,9 @@ class Supervisor:
         keys = self.app.keys
         commands: list[cmd.Command] = []
         now = now_ms()
+        if kind == "worker-online":
+            # So that tools find the queues a worker serves even if this app never sent to them.
+            commands.append(("SADD", keys.queues, *self.queues))
         if kind == "worker-offline":
             commands.append(("ZREM", keys.workers, self.name))
         else:
@@ -360,6 +363,13 @@ class Supervisor:
         )
         for process in self.children.values():
             self._kill(process, signal.SIGTERM)
+        running = sum(1 for slot in self._slots.values() if slot.task_id)
+        if running and not cold:
+            logger.info(
+                "waiting up to %g s for %d running task(s); signal again to stop them now",
+                self.app.conf.shutdown_timeout_s,
+                running,
+            )
         deadline = time.monotonic() + self.app.conf.shutdown_timeout_s
         while self.children and not cold:
             self._reap(respawn=None)

@@ -147,3 +147,11 @@ def hard_limited(tag: str) -> None:
 def hard_limited_retry(tag: str) -> None:
     _redis().rpush("test:started", tag)
     time.sleep(30)
+
+
+@app.task(serializer="cloudpickle")
+def apply_fn(fn: object, x: int) -> object:
+    """Runs a function sent by value (a lambda): only cloudpickle can carry it."""
+    assert callable(fn)
+    _redis().rpush("test:log", "pickled ran")
+    return fn(x)

@@ -89,3 +89,28 @@ def test_quickstart_example_runs_end_to_end(redis_url: str) -> None:
     assert "add.delay(1, 2).get() -> 3" in out
     assert "sum of results -> 9900" in out
     assert "InvalidEmailError" in out and "worker stopped with exit code 0" in out
+
+
+def test_worker_flags_reach_the_settings(start_worker: object, redis_url: str) -> None:
+    done = omnitask(
+        "worker", "-A", "tests.apps.basic", "--time-limit", "-1",
+        env={"OMNITASK_BROKER_URL": redis_url},
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "time_limit_s must be greater than 0" in done.stderr
+
+
+def test_dlq_command_lists_dead_letters(redis_url: str) -> None:
+    import redis as redis_py
+
+    basic.app.configure(broker_url=redis_url)
+    qk = basic.app.keys.queue("default")
+    with redis_py.Redis.from_url(redis_url) as client:
+        client.sadd(basic.app.keys.queues, "default")
+        client.xadd(qk.dead, {"msg": b"junk", "reason": "malformed", "detail": "x", "w": "w1"})
+    basic.app.close()
+    env = {"OMNITASK_BROKER_URL": redis_url}
+    done = omnitask("dlq", "count", "-A", "tests.apps.basic", env=env)
+    assert done.returncode == 0 and "1" in done.stdout, done.stderr
+    listed = omnitask("dlq", "list", "-A", "tests.apps.basic", "--json", env=env)
+    assert listed.returncode == 0 and "malformed" in listed.stdout, listed.stderr
