@@ -72,6 +72,7 @@ class Settings(TypedDict, total=False):
     events: bool
     events_maxlen: int
     dead_letter_maxlen: int
+    dead_letter_max_age_s: float
     worker_concurrency: int
     shutdown_timeout_s: float
     heartbeat_interval_s: float

@@ -32,6 +32,7 @@ _RULES: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
             "heartbeat_interval_s",
             "connect_timeout_s",
             "revoke_ttl_s",
+            "dead_letter_max_age_s",
             "time_limit_s",
             "soft_time_limit_s",
         ),
@@ -73,6 +74,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
         events: Publish lifecycle events to the event stream.
         events_maxlen: Approximate number of events kept in the stream.
         dead_letter_maxlen: Approximate number of dead letters kept per queue.
+        dead_letter_max_age_s: Dead letters older than this are dropped when new ones arrive.
         worker_concurrency: Child processes per worker; 0 means one per CPU.
         shutdown_timeout_s: On SIGTERM, seconds running tasks get to finish before they are
             stopped and handed back to the queue.
@@ -107,6 +109,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     events: bool = True
     events_maxlen: int = 10_000
     dead_letter_maxlen: int = 10_000
+    dead_letter_max_age_s: float = 30 * 86_400.0
     worker_concurrency: int = 0
     shutdown_timeout_s: float = 30.0
     heartbeat_interval_s: float = 2.0

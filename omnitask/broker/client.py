@@ -17,6 +17,7 @@ from omnitask.broker.keys import WAKE_TOKENS_MAX, Keyspace, QueueKeys
 from omnitask.broker.scripts import BURY, CLAIM, RENEW, REQUEUE, RETRY, REVOKE, SCRIPTS, Script
 from omnitask.config import Config, mask_url
 from omnitask.errors import BrokerUnavailable
+from omnitask.messages import now_ms
 
 __all__ = ("Broker", "Claim", "Claimed")
 
@@ -250,7 +251,10 @@ class Broker:
         """
         qk = self.keys.queue(queue)
         result_cmds = self._result_commands(task_id, result)
-        dead = None if dead_fields is None else (self.config.dead_letter_maxlen, dead_fields)
+        dead = None
+        if dead_fields is not None:
+            oldest_ms = now_ms() - int(self.config.dead_letter_max_age_s * 1000)
+            dead = (self.config.dead_letter_maxlen, oldest_ms, dead_fields)
         commands = cmd.ack(qk, consumer, body, task_id, final_event, dead)
         if not (claim_next and self.shared_results):
             held = bool(self._write(result_cmds, commands, essential=1)[0])
@@ -308,6 +312,7 @@ class Broker:
             record,
             ttl_ms,
             self._events_maxlen,
+            int(self.config.dead_letter_max_age_s * 1000),
             len(fields),
             *fields,
             *event_fields,

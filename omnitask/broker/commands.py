@@ -83,7 +83,7 @@ def ack(
     body: bytes,
     task_id: str,
     final_event: Command | None,
-    dead_letter: tuple[int, Sequence[str | bytes]] | None = None,
+    dead_letter: tuple[int, int, Sequence[str | bytes]] | None = None,
 ) -> list[Command]:
     """Commands that finish a claimed task: drop it from in-flight and store its outcome.
 
@@ -93,8 +93,9 @@ def ack(
         body: The envelope exactly as claimed (removed from the in-flight list by value).
         task_id: The task id.
         final_event: The task-succeeded / task-failed event, or None.
-        dead_letter: ``(maxlen, fields)`` to also keep the message in the queue's dead
-            letters (a task that failed after its last retry), or None.
+        dead_letter: ``(maxlen, oldest ms, fields)`` to also keep the message in the queue's
+            dead letters (a task that failed after its last retry), trimming those older than
+            ``oldest ms``; or None.
 
     The first command's reply (LREM) is 1 when the consumer still held the task and 0 when its
     lease had expired and the task was handed to another worker meanwhile.
@@ -104,8 +105,9 @@ def ack(
         ("HDEL", queue.deliveries, task_id),
     ]
     if dead_letter is not None:
-        maxlen, fields = dead_letter
+        maxlen, oldest_ms, fields = dead_letter
         commands.append(("XADD", queue.dead, "MAXLEN", "~", maxlen, "*", "msg", body, *fields))
+        commands.append(("XTRIM", queue.dead, "MINID", oldest_ms))  # exact: see bury.lua
     if final_event is not None:
         commands.append(final_event)
     return commands

@@ -138,7 +138,7 @@ class RedisServer:
                 return self
             time.sleep(0.02)
         text = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-        self.stop()
+        self.cleanup()
         raise RuntimeError(f"redis-server did not start on port {self.port}:\n{text}")
 
     def ping(self) -> bool:
@@ -146,7 +146,8 @@ class RedisServer:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
                 sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
+                # A server with a password answers NOAUTH: up all the same.
+                return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))
         except OSError:
             return False
 

@@ -114,3 +114,21 @@ def test_dlq_command_lists_dead_letters(redis_url: str) -> None:
     assert done.returncode == 0 and "1" in done.stdout, done.stderr
     listed = omnitask("dlq", "list", "-A", "tests.apps.basic", "--json", env=env)
     assert listed.returncode == 0 and "malformed" in listed.stdout, listed.stderr
+
+
+def test_password_protected_redis(start_worker: object) -> None:
+    from omnitask.testing import RedisServer
+    from tests.conftest import WorkerProcess
+
+    with RedisServer(extra_args=["--requirepass", "s3cret-pw"]) as server:
+        url = f"redis://:s3cret-pw@127.0.0.1:{server.port}/0"
+        env = {**os.environ, "OMNITASK_BROKER_URL": url, "PYTHONUNBUFFERED": "1"}
+        worker = WorkerProcess(["-A", "tests.apps.basic", "-c", "1"], env).wait_ready()
+        try:
+            basic.app.configure(broker_url=url)
+            assert basic.add.delay(20, 22).get(timeout=5) == 42
+            assert "s3cret-pw" not in worker.output
+            assert f"redis://:***@127.0.0.1:{server.port}/0" in worker.output
+        finally:
+            basic.app.close()
+            worker.kill()

@@ -231,3 +231,12 @@ def test_errors_abort_before_anything_moves(app: OmniTask, r: redis.Redis) -> No
     with pytest.raises(redis.ResponseError):
         app.broker.requeue("default", "c1", count_delivery=True)
     assert r.lrange(qk.proc("c1"), 0, -1) == [body]
+
+
+def test_dead_letters_are_bounded_by_age(app: OmniTask, r: redis.Redis) -> None:
+    qk = app.keys.queue("default")
+    r.xadd(qk.dead, {"msg": b"ancient"}, id="1000-0")  # written in 1970
+    send(app, 1)
+    body = app.broker.claim("default", "c1").tasks[0].body
+    assert app.broker.bury("default", "c1", body, ["reason", "x"], None, None, [])
+    assert [f[b"msg"] for _, f in r.xrange(qk.dead)] == [body]
