@@ -43,6 +43,16 @@ class Claim(NamedTuple):
     tasks: list[Claimed]
 
 
+def _failed_to_connect(exc: Exception) -> bool:
+    """Whether redis-py failed while opening the connection, so nothing was sent.
+
+    redis-py words these errors "Error <errno> connecting to <host>" and "Timeout connecting
+    to server"; every error after a command was sent is worded otherwise.
+    """
+    text = str(exc)
+    return "connecting to" in text or text.startswith("Timeout connecting")
+
+
 def _parse_claim(reply: Sequence[Any]) -> Claim:
     due = int(reply[1])
     tasks = [
@@ -162,17 +172,21 @@ class Broker:
         essential = sum(1 for c in commands if c[0] in ("RPUSH", "ZADD"))
         if queue not in self._known_queues:
             commands.append(("SADD", self.keys.queues, queue))
-        self._wait_for_connection(len(envelopes))
-        try:
-            self._multi(self.redis, commands, essential)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            # Sent, but no reply: the tasks may be queued. Sending again could queue them
-            # twice, so say so instead (naming them) and let the caller decide.
-            ids = ", ".join(e[3] for e in envelopes[:5]) + (" ..." if len(envelopes) > 5 else "")
-            raise BrokerUnavailable(
-                f"the connection to Redis broke while sending task(s) {ids}: they may or may "
-                f"not be queued ({exc})"
-            ) from exc
+        while True:
+            try:
+                self._multi(self.redis, commands, essential)
+                break
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if not _failed_to_connect(exc):
+                    # Sent, but no reply: the tasks may be queued. Sending again could queue
+                    # them twice, so say so instead (naming them) and let the caller decide.
+                    ids = ", ".join(e[3] for e in envelopes[:5])
+                    raise BrokerUnavailable(
+                        f"the connection to Redis broke while sending task(s) {ids}"
+                        f"{' ...' if len(envelopes) > 5 else ''}: they may or may not be "
+                        f"queued ({exc})"
+                    ) from exc
+                self._wait_for_connection(len(envelopes))
         self._known_queues.add(queue)
 
     def _wait_for_connection(self, count: int) -> None:
