@@ -119,7 +119,13 @@ class Child:
         claim: Claim | None = None
         queue = self.queues[0]
         while not self._stopping and not self._recycle_due():
-            if claim is None or not claim.tasks:
+            if claim is not None and not claim.tasks:
+                # The ack's own claim found the queue empty (atomically): block right away
+                # instead of asking again; anything sent since then has left a wake token.
+                self._idle(claim)
+                claim = None
+                continue
+            if claim is None:
                 queue, claim = self._claim_any()
                 if not claim.tasks:
                     self._idle(claim)
