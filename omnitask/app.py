@@ -316,15 +316,18 @@ class OmniTask:
         """
         if unknown:
             raise ConfigurationError(_unknown_options(unknown))
-        backoff = 1.0 if retry_backoff is True else float(retry_backoff or 0.0)
-        policy = RetryPolicy(
-            retries=retries,
-            retry_on=tuple(retry_on),
-            backoff_s=backoff,
-            backoff_max_s=retry_backoff_max,
-            jitter=retry_jitter,
-            delay_s=seconds("retry_delay", retry_delay),
+        policy = _retry_policy(
+            retries, retry_on, retry_backoff, retry_backoff_max, retry_jitter, retry_delay
         )
+        for option, value in (("time_limit", time_limit), ("soft_time_limit", soft_time_limit)):
+            if value is not None and seconds(option, value) == 0:
+                raise ConfigurationError(f"{option} must be greater than 0 (None: no limit)")
+        if (
+            time_limit is not None
+            and soft_time_limit is not None
+            and seconds("soft_time_limit", soft_time_limit) >= seconds("time_limit", time_limit)
+        ):
+            raise ConfigurationError("soft_time_limit must be shorter than time_limit")
 
         def register(func: Callable[P, R]) -> Task[P, R]:
             task = Task(
@@ -442,6 +445,37 @@ class OmniTask:
         if self.conf.result_backend:
             data["result_backend"] = mask_url(self.conf.result_backend)
         return data
+
+
+def _retry_policy(
+    retries: int,
+    retry_on: object,
+    backoff: float | bool,
+    backoff_max: float,
+    jitter: bool,
+    delay: float | timedelta,
+) -> RetryPolicy:
+    """Check the retry options of a task and build its policy.
+
+    Raises:
+        ConfigurationError: One of them has a bad value.
+    """
+    kinds = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+    if not kinds or not all(isinstance(k, type) and issubclass(k, BaseException) for k in kinds):
+        raise ConfigurationError(f"retry_on must be exception types, got {retry_on!r}")
+    if type(retries) is not int or retries < 0:
+        raise ConfigurationError(f"retries must be an int >= 0, got {retries!r}")
+    base = 1.0 if backoff is True else float(backoff or 0.0)
+    if base < 0 or backoff_max < 0:
+        raise ConfigurationError("retry_backoff and retry_backoff_max must not be negative")
+    return RetryPolicy(
+        retries=retries,
+        retry_on=kinds,
+        backoff_s=base,
+        backoff_max_s=float(backoff_max),
+        jitter=bool(jitter),
+        delay_s=seconds("retry_delay", delay),
+    )
 
 
 def _default_name(func: Callable[..., Any]) -> str:

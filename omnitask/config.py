@@ -8,6 +8,7 @@ then the defaults below. A bad value fails when the app is created, naming the s
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -132,6 +133,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
         check_name("default_queue", self.default_queue)
         if not 0 <= self.default_priority <= 9:
             raise ValueError("default_priority must be between 0 and 9")
+        if self.secret_key is not None and not self.secret_key:
+            raise ValueError("secret_key must not be empty (None: no signing)")
         if self.serializer not in SERIALIZER_NAMES:
             raise ValueError(f"serializer must be one of {', '.join(SERIALIZER_NAMES)}")
         for names, ok, rule in _RULES:
@@ -202,9 +205,10 @@ def _explain(message: str, origin: Mapping[str, str]) -> str:
 def mask_url(url: str) -> str:
     """Return ``url`` with its password replaced by ``***`` (for logs and banners)."""
     parts = urlsplit(url)
+    query = re.sub(r"((?:^|&)(?:ssl_)?password=)[^&]*", r"\1***", parts.query)
+    parts = parts._replace(query=query)
     if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+        return urlunsplit(parts)
+    user, _, _ = parts.netloc.rpartition("@")[0].partition(":")
+    host = parts.netloc.rpartition("@")[2]  # keeps the port and an IPv6 host's brackets
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

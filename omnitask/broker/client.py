@@ -16,7 +16,7 @@ from omnitask.broker import commands as cmd
 from omnitask.broker.keys import WAKE_TOKENS_MAX, Keyspace, QueueKeys
 from omnitask.broker.scripts import BURY, CLAIM, RENEW, REQUEUE, RETRY, REVOKE, SCRIPTS, Script
 from omnitask.config import Config, mask_url
-from omnitask.errors import BrokerUnavailable
+from omnitask.errors import BrokerConnectionError, BrokerUnavailable
 from omnitask.messages import now_ms
 
 __all__ = ("Broker", "Claim", "Claimed")
@@ -199,6 +199,12 @@ class Broker:
             try:
                 self._multi(self.redis, commands, essential)
                 break
+            except redis.AuthenticationError as exc:
+                # Raised while the connection was set up: nothing was sent.
+                raise BrokerConnectionError(
+                    f"Redis at {mask_url(self.config.broker_url)} refused the credentials; "
+                    f"{len(envelopes)} task(s) not queued ({exc})"
+                ) from exc
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 if not _failed_to_connect(exc):
                     # Sent, but no reply: the tasks may be queued. Sending again could queue
@@ -411,6 +417,8 @@ class Broker:
     ) -> bool:
         """Revoke a task that has not finished; see ``lua/revoke.lua``."""
         if not self.shared_results:
+            if self.results.exists(self.keys.result(task_id)):
+                return False  # finished: its result stays
             # Written first: at worst a task revoked too late shows REVOKED then its result.
             self._multi(self.results, self._result_commands(task_id, (record, result_ttl_ms)))
             record = b""

@@ -150,9 +150,12 @@ class Child:
         conf = self.app.conf
         if conf.max_tasks_per_child and self._done >= conf.max_tasks_per_child:
             return True
-        if conf.max_memory_per_child_kb:
-            # ru_maxrss is the peak resident set in KiB on Linux.
+        if conf.max_memory_per_child_kb and self._done:
+            # Only after a task: a limit below a fresh child's own size must not make the
+            # supervisor fork in a loop. ru_maxrss is KiB on Linux, bytes on macOS.
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            if sys.platform == "darwin":
+                peak //= 1024
             if peak > conf.max_memory_per_child_kb:
                 logger.info("child recycled: peak memory %d KiB", peak)
                 return True

@@ -136,7 +136,9 @@ class Executor:
         """Check the signature (with a secret_key) and that a pickled payload may be read."""
         signer = self.app.signer
         if signer is not None and not signer.verify(envelope):
-            what = "unsigned" if envelope.sig is None else "its signature does not match"
+            what = (
+                "is not signed" if envelope.sig is None else "has a signature that does not match"
+            )
             self._bury(queue, body, "bad-signature", f"message {what}; not run", envelope, None)
             return False
         pickled = envelope.serializer == _PICKLE.code

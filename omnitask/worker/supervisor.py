@@ -235,12 +235,14 @@ class Supervisor:
             del self.children[consumer]
             started = self._started.pop(consumer)
             self._slots.pop(consumer, None)
-            if consumer in self._stopped:
+            stopped = consumer in self._stopped
+            if stopped:
                 self._finish_stopped(consumer, self._stopped.pop(consumer))
             # Our own kills (shutdown, limits, terminate), recycling, and clean exits after
             # SIGTERM are not the task's fault: they do not count as deliveries.
             ours = (
-                consumer in self._killed
+                stopped
+                or consumer in self._killed
                 or process.exitcode == RECYCLE_EXIT
                 or (respawn is None and process.exitcode == 0)
             )
@@ -371,7 +373,14 @@ class Supervisor:
                 running,
             )
         deadline = time.monotonic() + self.app.conf.shutdown_timeout_s
+        next_renew = 0.0
         while self.children and not cold:
+            # The running tasks keep their leases (and their time limits) while they finish:
+            # a lapsed lease would let another worker run them at the same time.
+            now = time.monotonic()
+            if now >= next_renew:
+                next_renew = now + (self.app.conf.lease_s / 3 if self._renew() else TICK_S)
+            self._enforce()
             self._reap(respawn=None)
             if self._signals:
                 logger.warning("second signal: cold shutdown, running tasks are handed back")

@@ -162,3 +162,18 @@ def test_delay_while_redis_is_down_raises_broker_unavailable() -> None:
         app.send_task("t")  # works again once Redis is back
         assert app.broker.ready_count("default") == 2
         app.close()
+
+
+def test_warm_shutdown_keeps_the_lease_of_a_long_task(
+    start_worker: WorkerFactory, r: redis.Redis
+) -> None:
+    env = {"OMNITASK_LEASE_S": "0.6"}
+    stopping = start_worker(env=env, concurrency=1)
+    result = basic.record.delay("finishing", 2.0)  # more than three leases
+    wait_for(lambda: r.llen("test:started") == 1, what="task start")
+    start_worker(env=env, concurrency=1)  # would take the task if its lease lapsed
+    stopping.signal(__import__("signal").SIGTERM)
+    assert stopping.wait(15) == 0
+    assert result.get(timeout=5) == "finishing"
+    time.sleep(1.0)
+    assert strs(r, "test:started") == ["finishing"]  # ran once

@@ -67,7 +67,7 @@ def test_tampered_and_unsigned_messages_are_not_run(
     reasons = sorted(f[b"reason"] for _, f in r.xrange(qk.dead))
     assert reasons == [b"bad-signature", b"bad-signature"]
     assert r.llen("test:log") == 0  # neither ran
-    with pytest.raises(omnitask.MessageError, match="signature does not match"):
+    with pytest.raises(omnitask.MessageError, match="signature that does not match"):
         good.get(timeout=5)
 
 

@@ -240,3 +240,15 @@ def test_dead_letters_are_bounded_by_age(app: OmniTask, r: redis.Redis) -> None:
     body = app.broker.claim("default", "c1").tasks[0].body
     assert app.broker.bury("default", "c1", body, ["reason", "x"], None, None, [])
     assert [f[b"msg"] for _, f in r.xrange(qk.dead)] == [body]
+
+
+def test_lapsed_revocation_no_longer_applies(app: OmniTask) -> None:
+    app.configure(revoke_ttl_s=0.05)
+    task_id = send(app, 1, countdown=0.2)
+    assert app.broker.revoke(
+        task_id, terminate=False, record=b"r", result_ttl_ms=1000, event_fields=[]
+    )
+    app.broker.forget(task_id)
+    time.sleep(0.3)  # due now, and the revocation has lapsed
+    claim = app.broker.claim("default", "c1")
+    assert len(claim.tasks) == 1 and claim.tasks[0].revoked is False

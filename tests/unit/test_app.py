@@ -168,3 +168,25 @@ def test_unreachable_redis_is_a_broker_connection_error() -> None:
     with pytest.raises(omnitask.BrokerConnectionError, match=r"redis://:\*\*\*@127\.0\.0\.1:1/0"):
         app.connect()
     app.close()
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"retry_on": "KeyError"}, "retry_on must be exception types"),
+        ({"retry_on": ()}, "retry_on must be exception types"),
+        ({"retry_backoff_max": -1}, "must not be negative"),
+        ({"time_limit": 0}, "time_limit must be greater than 0"),
+        ({"time_limit": 1, "soft_time_limit": 2}, "soft_time_limit must be shorter"),
+    ],
+)
+def test_bad_retry_and_limit_options(options: dict[str, object], match: str) -> None:
+    app = OmniTask("opts", broker="redis://127.0.0.1:1/0")
+    with pytest.raises(ConfigurationError, match=match):
+        app.task(**options)(lambda: None)  # type: ignore[call-overload]
+
+
+def test_single_exception_type_is_accepted_for_retry_on() -> None:
+    app = OmniTask("opts", broker="redis://127.0.0.1:1/0")
+    task = app.task(retries=1, retry_on=KeyError)(lambda: None)  # type: ignore[call-overload]
+    assert task.retry_policy.retry_on == (KeyError,)

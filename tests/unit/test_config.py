@@ -61,3 +61,14 @@ def test_mask_url() -> None:
     assert mask_url("redis://user:secret@host:6380/1") == "redis://user:***@host:6380/1"
     assert mask_url("redis://:secret@host/0") == "redis://:***@host/0"
     assert mask_url("redis://host:6379/0") == "redis://host:6379/0"
+
+
+def test_mask_url_query_passwords_and_ipv6() -> None:
+    assert mask_url("redis://h:1/0?password=pw&x=1") == "redis://h:1/0?password=***&x=1"
+    assert mask_url("rediss://h/0?ssl_password=pw") == "rediss://h/0?ssl_password=***"
+    assert mask_url("redis://:pw@[::1]:6379/0") == "redis://:***@[::1]:6379/0"
+
+
+def test_empty_secret_key_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="secret_key must not be empty"):
+        load_config({"secret_key": ""}, environ={})

@@ -35,7 +35,9 @@ local function deliveries_of(id)
 end
 
 local function revoked(id)
-  if id and redis.call('ZSCORE', KEYS[17], id) then return 1 end
+  if not id then return 0 end
+  local until_ms = redis.call('ZSCORE', KEYS[17], id)
+  if until_ms and tonumber(until_ms) > now then return 1 end
   return 0
 end
 
