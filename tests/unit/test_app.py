@@ -188,5 +188,5 @@ def test_bad_retry_and_limit_options(options: dict[str, object], match: str) -> 
 
 def test_single_exception_type_is_accepted_for_retry_on() -> None:
     app = OmniTask("opts", broker="redis://127.0.0.1:1/0")
-    task = app.task(retries=1, retry_on=KeyError)(lambda: None)  # type: ignore[call-overload]
+    task = app.task(retries=1, retry_on=KeyError)(lambda: None)
     assert task.retry_policy.retry_on == (KeyError,)
