@@ -96,6 +96,7 @@ class Supervisor:
         self._wake_r = -1
         self._healthy_since: float | None = None
         self._respawn_delay = 0.0
+        self._spawn_at: list[float] = []  # when to start replacements of dead children
         self._broker: Broker | None = None
 
     @property
@@ -171,6 +172,7 @@ class Supervisor:
         while True:
             self._enforce()
             self._reap(respawn=ctx)
+            self._spawn_due(ctx)
             if self._signals:
                 self._shutdown()
                 return
@@ -181,8 +183,8 @@ class Supervisor:
             if now >= next_heartbeat:
                 self._publish("worker-heartbeat")
                 next_heartbeat = now + heartbeat_every
-            timeout = max(0.0, min(next_renew, next_heartbeat) - time.monotonic())
-            self._wait(min(timeout, TICK_S))
+            wake_at = min(next_renew, next_heartbeat, *self._spawn_at)
+            self._wait(min(max(0.0, wake_at - time.monotonic()), TICK_S))
 
     def _enforce(self) -> None:
         """Kill children whose run passed its hard time limit or was revoked to terminate."""
@@ -256,18 +258,29 @@ class Supervisor:
                 )
             self._hand_back(consumer, count_delivery=not ours)
             if respawn is not None:
-                if process.exitcode != RECYCLE_EXIT:
-                    self._backoff(time.monotonic() - started)
-                self._spawn(respawn)
+                recycled = process.exitcode == RECYCLE_EXIT  # planned: replaced at once
+                lived = time.monotonic() - started
+                self._spawn_at.append(time.monotonic() if recycled else self._backoff(lived))
 
-    def _backoff(self, lived_s: float) -> None:
+    def _backoff(self, lived_s: float) -> float:
+        """When to start the replacement of a child that lived ``lived_s`` seconds.
+
+        A child dying at start-up (a broken import, no memory) must not make the supervisor
+        fork in a loop, so its replacement waits, longer each time. The wait is scheduled, not
+        slept: the supervisor keeps renewing the other children's leases meanwhile.
+        """
         if lived_s >= QUICK_DEATH_S:
             self._respawn_delay = 0.0
-            return
-        # A child dying at start-up (a broken import, no memory) must not fork in a loop.
-        self._respawn_delay = min(max(self._respawn_delay * 2, 0.1), 5.0)
-        logger.warning("child died at start-up; next one in %.1f s", self._respawn_delay)
-        self._wait(self._respawn_delay)
+        else:
+            self._respawn_delay = min(max(self._respawn_delay * 2, 0.1), 5.0)
+            logger.warning("child died at start-up; next one in %.1f s", self._respawn_delay)
+        return time.monotonic() + self._respawn_delay
+
+    def _spawn_due(self, ctx: BaseContext) -> None:
+        now = time.monotonic()
+        for when in [t for t in self._spawn_at if t <= now]:
+            self._spawn_at.remove(when)
+            self._spawn(ctx)
 
     def _hand_back(self, consumer: str, *, count_delivery: bool) -> None:
         for queue in self.queues:
