@@ -131,6 +131,8 @@ class Task(Generic[P, R]):
             max_retries: Overrides the task's ``retries`` for this decision.
         """
         delay = None if countdown is None else seconds("countdown", countdown)
+        if eta is not None and (eta.tzinfo is None or eta.utcoffset() is None):
+            raise ConfigurationError("retry(eta=...) must be a timezone-aware datetime")
         raise Retry(exc, delay, eta, max_retries)
 
     @property

@@ -445,7 +445,12 @@ class Broker:
         if not task_ids:
             return []
         scores: list[Any] = self.redis.zmscore(self.keys.terminate, list(task_ids))
-        return [tid for tid, score in zip(task_ids, scores, strict=False) if score is not None]
+        now = now_ms()  # a lapsed revocation (score in the past) no longer applies
+        return [
+            tid
+            for tid, score in zip(task_ids, scores, strict=False)
+            if score is not None and score > now
+        ]
 
     def set_state(self, task_id: str, record: bytes, ttl_ms: int) -> None:
         """Record a non-final state (STARTED, RETRY, progress) of a task."""

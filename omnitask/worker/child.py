@@ -108,6 +108,8 @@ class Child:
             self._loop(executor)
         logger.debug("child stopped consumer=%s", self.consumer)
         if self._recycle_due():
+            if self.slot is not None:
+                self.slot.mark_recycling()
             raise SystemExit(RECYCLE_EXIT)
 
     def _on_term(self, signum: int, frame: FrameType | None) -> None:

@@ -18,7 +18,12 @@ from omnitask import failure
 from omnitask.broker import commands as cmd
 from omnitask.broker.client import Claimed
 from omnitask.context import CURRENT_REQUEST, Outcome, Request
-from omnitask.errors import MaxRetriesExceededError, MessageError, SerializationError
+from omnitask.errors import (
+    MaxRetriesExceededError,
+    MessageError,
+    SerializationError,
+    SoftTimeLimitExceeded,
+)
 from omnitask.messages import (
     Envelope,
     ResultRecord,
@@ -34,7 +39,7 @@ from omnitask.worker.limits import RunSlot, soft_time_limit
 
 if TYPE_CHECKING:
     from omnitask.app import OmniTask
-    from omnitask.broker.client import Claim
+    from omnitask.broker.client import Broker, Claim
     from omnitask.task import Task
 
 __all__ = ("Executor",)
@@ -57,6 +62,7 @@ class Executor:
         consumer: str,
         io: Callable[[Callable[[], Any]], Any] = _direct,
         slot: RunSlot | None = None,
+        broker: Broker | None = None,
     ) -> None:
         """Run tasks of ``app`` as ``consumer``.
 
@@ -68,7 +74,7 @@ class Executor:
         self._io = io
         # Only a worker child has a slot; it arms the time limits of the runs it makes.
         self.slot = slot
-        self.broker = app.broker
+        self.broker = broker or app.broker
         conf = app.conf
         self._events_key = app.keys.events
         self._maxlen = conf.events_maxlen if conf.events else 0
@@ -88,6 +94,8 @@ class Executor:
         task = self._task(queue, claimed.body, envelope)
         if task is None:
             return None
+        if claimed.revoked:
+            return self._revoke(queue, claimed.body, envelope, task, "revoked", claim_next)
         if claimed.deliveries >= self.app.conf.max_deliveries:
             reason = (
                 f"its worker process died {claimed.deliveries} times while running it "
@@ -95,8 +103,6 @@ class Executor:
             )
             self._bury(queue, claimed.body, "max-deliveries", reason, envelope, task)
             return None
-        if claimed.revoked:
-            return self._revoke(queue, claimed.body, envelope, task, "revoked", claim_next)
         if envelope.expires_ms is not None and now_ms() > envelope.expires_ms:
             return self._revoke(queue, claimed.body, envelope, task, "expired", claim_next)
         request = self._request(queue, claimed, envelope, task)
@@ -104,29 +110,40 @@ class Executor:
             return None
         return self._run(queue, claimed.body, envelope, task, request, claim_next)
 
-    def finish_outside(self, queue: str, body: bytes, exc: Exception, *, revoked: bool) -> None:
+    def finish_outside(
+        self, queue: str, body: bytes, exc: Exception, *, revoked: bool, task_id: str
+    ) -> bool:
         """Record the outcome of a run that the supervisor stopped by killing its child.
 
         A run past its hard time limit fails with ``exc`` (or is retried if its policy says
         so); a run revoked with ``terminate=True`` is recorded as REVOKED.
+
+        Only the run that was stopped (``task_id``) gets that outcome; returns False for any
+        other message the child held (it claimed it with its last ack), which the caller hands
+        back untouched.
         """
         try:
             envelope = decode_envelope(body)
-        except MessageError as error:
-            self._bury(queue, body, "malformed", str(error), None, None)
-            return
-        if not self._trusted(queue, body, envelope):
-            return
+        except MessageError:
+            return False
+        if envelope.id != task_id or not self._trusted(queue, body, envelope):
+            return False
         task = self._task(queue, body, envelope)
         if task is None:
-            return
+            return True
         if revoked:
             self._revoke(queue, body, envelope, task, "terminated", 0)
-            return
+            return True
         request = self._request(queue, Claimed(body, 0, False), envelope, task)
         if request is not None:
-            limit = _ms_to_s(envelope.time_limit_ms) or task.time_limit_s or 0.0
+            limit = (
+                _ms_to_s(envelope.time_limit_ms)
+                or task.time_limit_s
+                or self.app.conf.time_limit_s
+                or 0.0
+            )
             self._failed(queue, body, envelope, task, request, exc, limit, 0)
+        return True
 
     def _record_bytes(self, record: ResultRecord) -> bytes:
         signer = self.app.signer
@@ -135,7 +152,11 @@ class Executor:
     def _trusted(self, queue: str, body: bytes, envelope: Envelope) -> bool:
         """Check the signature (with a secret_key) and that a pickled payload may be read."""
         signer = self.app.signer
-        if signer is not None and not signer.verify(envelope):
+        # The signature covers the decoded values; demanding the canonical bytes too stops a
+        # re-encoded message (same values, other bytes) from passing with a valid signature.
+        if signer is not None and not (
+            signer.verify(envelope) and encode_envelope(envelope) == body
+        ):
             what = (
                 "is not signed" if envelope.sig is None else "has a signature that does not match"
             )
@@ -246,9 +267,16 @@ class Executor:
         token = CURRENT_REQUEST.set(request)
         if self.slot is not None:
             self.slot.begin(request.id, hard)
+        returned = False
         try:
             with soft_time_limit(soft if self.slot is not None else None):
-                return task.fn(*args, **request.kwargs)
+                value = task.fn(*args, **request.kwargs)
+                returned = True
+            return value
+        except SoftTimeLimitExceeded:
+            if returned:  # the alarm fired after the task had returned: it succeeded
+                return value
+            raise
         finally:
             if self.slot is not None:
                 self.slot.end()

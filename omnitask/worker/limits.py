@@ -19,26 +19,36 @@ from omnitask.errors import SoftTimeLimitExceeded
 
 __all__ = ("RunSlot", "soft_time_limit")
 
-TASK_ID_BYTES = 256
+TASK_ID_BYTES = 1024  # a task id is at most 200 characters, of up to 4 bytes each in UTF-8
+LOCK_TIMEOUT_S = 1.0
 
 
 class RunSlot:
-    """The current run of one child, in memory shared with the supervisor (fork inherits it)."""
+    """The current run of one child, in memory shared with the supervisor (fork inherits it).
+
+    The child updates it under a lock, and the supervisor kills the child under the same lock
+    after checking that the run it means to stop is still the one running, so a kill can never
+    land on the task the child started next.
+    """
 
     def __init__(self, ctx: BaseContext) -> None:
         """Allocate the shared memory; create it in the supervisor, before the fork."""
         self._deadline = ctx.RawValue("d", 0.0)
         self._task_id = ctx.RawArray("c", TASK_ID_BYTES)
+        self._recycling = ctx.RawValue("b", 0)
+        self.lock = ctx.Lock()
 
     def begin(self, task_id: str, hard_limit_s: float | None) -> None:
         """Record that ``task_id`` starts now, with a hard limit (None: no limit)."""
-        self._task_id.value = task_id.encode()[: TASK_ID_BYTES - 1]
-        self._deadline.value = time.monotonic() + hard_limit_s if hard_limit_s else 0.0
+        with self.lock:
+            self._task_id.value = task_id.encode()[: TASK_ID_BYTES - 1]
+            self._deadline.value = time.monotonic() + hard_limit_s if hard_limit_s else 0.0
 
     def end(self) -> None:
         """Record that the run ended."""
-        self._deadline.value = 0.0
-        self._task_id.value = b""
+        with self.lock:
+            self._deadline.value = 0.0
+            self._task_id.value = b""
 
     @property
     def task_id(self) -> str:
@@ -49,6 +59,15 @@ class RunSlot:
         """Whether the run in progress has passed its hard deadline."""
         deadline = float(self._deadline.value)
         return 0.0 < deadline <= now
+
+    def mark_recycling(self) -> None:
+        """Say that the child exits because it has done its share (not a crash)."""
+        self._recycling.value = 1
+
+    @property
+    def recycling(self) -> bool:
+        """Whether the child said it exits to be recycled."""
+        return bool(self._recycling.value)
 
 
 def _raise_soft(signum: int, frame: FrameType | None) -> None:
@@ -66,5 +85,7 @@ def soft_time_limit(seconds: float | None) -> Iterator[None]:
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        finally:
+            signal.signal(signal.SIGALRM, previous)

@@ -37,9 +37,9 @@ from omnitask.broker.client import Broker
 from omnitask.context import WorkerInfo
 from omnitask.errors import TimeLimitExceeded
 from omnitask.messages import now_ms
-from omnitask.worker.child import RECYCLE_EXIT, Child
+from omnitask.worker.child import Child
 from omnitask.worker.execute import Executor
-from omnitask.worker.limits import RunSlot
+from omnitask.worker.limits import LOCK_TIMEOUT_S, RunSlot
 
 if TYPE_CHECKING:
     from omnitask.app import OmniTask
@@ -86,8 +86,8 @@ class Supervisor:
         self._killed: set[str] = set()
         self._slots: dict[str, RunSlot] = {}
         # Children killed for their run (past its hard time limit, or revoked with terminate):
-        # consumer -> True when revoked; their outcome is recorded, not handed back.
-        self._stopped: dict[str, bool] = {}
+        # consumer -> (revoked, task id); that run's outcome is recorded, not handed back.
+        self._stopped: dict[str, tuple[bool, str]] = {}
         self._signals: list[int] = []
         self._spawned = 0
         # Consumer ids must never repeat, even when a restarted worker gets the same pid (a
@@ -193,32 +193,58 @@ class Supervisor:
         for consumer, slot in self._slots.items():
             if consumer in self._stopped or consumer not in self.children:
                 continue
-            if slot.overdue(now):
-                logger.warning("time limit exceeded consumer=%s task=%s", consumer, slot.task_id)
-                self._stop_run(consumer, revoked=False)
-            elif slot.task_id:
-                running[slot.task_id] = consumer
+            task_id = slot.task_id
+            if slot.overdue(now) and self._stop_run(consumer, task_id, revoked=False):
+                logger.warning("time limit exceeded consumer=%s task=%s", consumer, task_id)
+            elif task_id:
+                running[task_id] = consumer
         if running:
             doomed = self._redis_step(
                 partial(self.broker.to_terminate, list(running)), what="revoked"
             )
             for task_id in doomed or ():
-                logger.warning("terminating revoked task=%s", task_id)
-                self._stop_run(running[task_id], revoked=True)
+                if self._stop_run(running[task_id], task_id, revoked=True):
+                    logger.warning("terminated revoked task=%s", task_id)
 
-    def _stop_run(self, consumer: str, *, revoked: bool) -> None:
-        self._stopped[consumer] = revoked
-        self._kill(self.children[consumer], signal.SIGKILL)
+    def _stop_run(self, consumer: str, task_id: str, *, revoked: bool) -> bool:
+        """Kill a child for its run of ``task_id``, if that run is still the one it runs.
 
-    def _finish_stopped(self, consumer: str, revoked: bool) -> None:
-        """Record the outcome of the runs a killed child held (anything else is handed back)."""
-        executor = Executor(self.app, consumer)
+        Checked and killed under the slot's lock, which the child takes to start and end a
+        run: the kill can never land on the task it started next.
+        """
+        slot = self._slots[consumer]
+        if not slot.lock.acquire(timeout=LOCK_TIMEOUT_S):
+            return False  # the child is between runs right now; look again next tick
+        try:
+            if slot.task_id != task_id or (not revoked and not slot.overdue(time.monotonic())):
+                return False
+            self._stopped[consumer] = (revoked, task_id)
+            self._kill(self.children[consumer], signal.SIGKILL)
+            return True
+        finally:
+            slot.lock.release()
+
+    def _finish_stopped(self, consumer: str, revoked: bool, task_id: str) -> None:
+        """Record the outcome of the run a killed child was stopped for.
+
+        Anything else it held (claimed with its last ack) is handed back by the caller.
+        """
+        executor = Executor(self.app, consumer, broker=self.broker)
         exc = TimeLimitExceeded("the task ran past its hard time limit and was killed")
         for queue in self.queues:
-            bodies = self._redis_step(partial(self.broker.held, queue, consumer), what="read")
+            bodies = self._redis_step(
+                partial(self.broker.held, queue, consumer), what="read", retry_for_s=10.0
+            )
             for body in bodies or ():
                 self._redis_step(
-                    partial(executor.finish_outside, queue, body, exc, revoked=revoked),
+                    partial(
+                        executor.finish_outside,
+                        queue,
+                        body,
+                        exc,
+                        revoked=revoked,
+                        task_id=task_id,
+                    ),
                     what="record outcome",
                     retry_for_s=10.0,
                 )
@@ -236,16 +262,18 @@ class Supervisor:
             process.join()
             del self.children[consumer]
             started = self._started.pop(consumer)
-            self._slots.pop(consumer, None)
+            slot = self._slots.pop(consumer, None)
+            # Only the child's own word counts as recycling: a task could exit with any code.
+            recycled = slot is not None and slot.recycling
             stopped = consumer in self._stopped
             if stopped:
-                self._finish_stopped(consumer, self._stopped.pop(consumer))
+                self._finish_stopped(consumer, *self._stopped.pop(consumer))
             # Our own kills (shutdown, limits, terminate), recycling, and clean exits after
             # SIGTERM are not the task's fault: they do not count as deliveries.
             ours = (
                 stopped
                 or consumer in self._killed
-                or process.exitcode == RECYCLE_EXIT
+                or recycled
                 or (respawn is None and process.exitcode == 0)
             )
             self._killed.discard(consumer)
@@ -258,9 +286,9 @@ class Supervisor:
                 )
             self._hand_back(consumer, count_delivery=not ours)
             if respawn is not None:
-                recycled = process.exitcode == RECYCLE_EXIT  # planned: replaced at once
                 lived = time.monotonic() - started
-                self._spawn_at.append(time.monotonic() if recycled else self._backoff(lived))
+                planned = recycled or stopped  # replaced at once, no crash backoff
+                self._spawn_at.append(time.monotonic() if planned else self._backoff(lived))
 
     def _backoff(self, lived_s: float) -> float:
         """When to start the replacement of a child that lived ``lived_s`` seconds.

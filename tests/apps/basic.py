@@ -155,3 +155,10 @@ def apply_fn(fn: object, x: int) -> object:
     assert callable(fn)
     _redis().rpush("test:log", "pickled ran")
     return fn(x)
+
+
+@app.task
+def exit75(tag: str) -> None:
+    """Exits with the code a recycled child uses: must still count as a crash."""
+    _redis().rpush("test:died", tag)
+    os._exit(75)

@@ -132,7 +132,7 @@ def test_revoke_terminate_stops_a_running_task(start_worker: WorkerFactory, r: r
     result = basic.record.delay("long", 30)
     wait_for(lambda: r.llen("test:started") == 1, what="task start")
     result.revoke(terminate=True)
-    wait_for(lambda: "terminating revoked" in worker.output, timeout_s=5, what="terminate")
+    wait_for(lambda: "terminated revoked" in worker.output, timeout_s=5, what="terminate")
     assert result.state == "REVOKED" and strs(r, "test:log") == []
     assert basic.add.delay(2, 2).get(timeout=5) == 4
     assert worker.proc.poll() is None
@@ -177,3 +177,12 @@ def test_warm_shutdown_keeps_the_lease_of_a_long_task(
     assert result.get(timeout=5) == "finishing"
     time.sleep(1.0)
     assert strs(r, "test:started") == ["finishing"]  # ran once
+
+
+def test_a_task_exiting_with_the_recycle_code_is_still_a_crash(
+    start_worker: WorkerFactory, r: redis.Redis
+) -> None:
+    start_worker(env={"OMNITASK_MAX_DELIVERIES": "2"})
+    with pytest.raises(omnitask.WorkerLostError):
+        basic.exit75.delay("e").get(timeout=10)
+    assert strs(r, "test:died") == ["e", "e"]

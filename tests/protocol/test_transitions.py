@@ -252,3 +252,18 @@ def test_lapsed_revocation_no_longer_applies(app: OmniTask) -> None:
     time.sleep(0.3)  # due now, and the revocation has lapsed
     claim = app.broker.claim("default", "c1")
     assert len(claim.tasks) == 1 and claim.tasks[0].revoked is False
+
+
+def test_outside_outcome_only_for_the_stopped_run(app: OmniTask, r: redis.Redis) -> None:
+    from omnitask.errors import TimeLimitExceeded
+    from omnitask.worker.execute import Executor
+
+    stopped, nxt = send(app, 1), send(app, 2)
+    bodies = [t.body for t in app.broker.claim("default", "c1", 2).tasks]
+    executor = Executor(app, "c1")
+    exc = TimeLimitExceeded("killed")
+    assert not executor.finish_outside("default", bodies[1], exc, revoked=True, task_id=stopped)
+    assert executor.finish_outside("default", bodies[0], exc, revoked=True, task_id=stopped)
+    assert app.AsyncResult(stopped).state == "REVOKED"
+    assert app.AsyncResult(nxt).state == "PENDING"
+    assert r.lrange(app.keys.queue("default").proc("c1"), 0, -1) == [bodies[1]]
