@@ -14,7 +14,17 @@ from redis.retry import Retry
 
 from omnitask.broker import commands as cmd
 from omnitask.broker.keys import WAKE_TOKENS_MAX, Keyspace, QueueKeys
-from omnitask.broker.scripts import BURY, CLAIM, RENEW, REQUEUE, RETRY, REVOKE, SCRIPTS, Script
+from omnitask.broker.scripts import (
+    BURY,
+    CLAIM,
+    RENEW,
+    REQUEUE,
+    RETRY,
+    REVOKE,
+    SCRIPTS,
+    SETTLE,
+    Script,
+)
 from omnitask.config import Config, mask_url
 from omnitask.errors import BrokerConnectionError, BrokerUnavailable
 from omnitask.messages import now_ms
@@ -137,13 +147,20 @@ class Broker:
 
     # -- running scripts and MULTI blocks -------------------------------------------------
 
-    def _eval(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    def _eval(
+        self,
+        script: Script,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        client: redis.Redis | None = None,
+    ) -> Any:
+        target = client or self.redis
         try:
-            return self.redis.evalsha(script.sha, len(keys), *keys, *args)
+            return target.evalsha(script.sha, len(keys), *keys, *args)
         except NoScriptError:
             # First use on this server, or it restarted and forgot its script cache.
-            self.load_scripts()
-            return self.redis.evalsha(script.sha, len(keys), *keys, *args)
+            target.script_load(script.source)
+            return target.evalsha(script.sha, len(keys), *keys, *args)
 
     def load_scripts(self) -> None:
         """Load every script into the broker's script cache."""
@@ -417,10 +434,11 @@ class Broker:
     ) -> bool:
         """Revoke a task that has not finished; see ``lua/revoke.lua``."""
         if not self.shared_results:
-            if self.results.exists(self.keys.result(task_id)):
-                return False  # finished: its result stays
-            # Written first: at worst a task revoked too late shows REVOKED then its result.
-            self._multi(self.results, self._result_commands(task_id, (record, result_ttl_ms)))
+            # Check and write in one step on the result backend: a finished task keeps its
+            # result. Written first: a task revoked too late shows REVOKED, then its result.
+            result_keys = [self.keys.result(task_id), self.keys.state(task_id)]
+            if not self._eval(SETTLE, result_keys, [record, result_ttl_ms], self.results):
+                return False
             record = b""
         keys = [
             self.keys.revoked,

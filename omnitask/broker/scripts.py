@@ -11,7 +11,18 @@ from __future__ import annotations
 import hashlib
 from importlib import resources
 
-__all__ = ("BURY", "CLAIM", "RENEW", "REQUEUE", "RETRY", "REVIVE", "REVOKE", "SCRIPTS", "Script")
+__all__ = (
+    "BURY",
+    "CLAIM",
+    "RENEW",
+    "REQUEUE",
+    "RETRY",
+    "REVIVE",
+    "REVOKE",
+    "SCRIPTS",
+    "SETTLE",
+    "Script",
+)
 
 
 class Script:
@@ -41,6 +52,7 @@ REQUEUE = _load("requeue")
 RENEW = _load("renew")
 RETRY = _load("retry")
 REVOKE = _load("revoke")
+SETTLE = _load("settle")
 BURY = _load("bury")
 REVIVE = _load("revive")
-SCRIPTS: tuple[Script, ...] = (CLAIM, REQUEUE, RENEW, RETRY, BURY, REVIVE, REVOKE)
+SCRIPTS: tuple[Script, ...] = (CLAIM, REQUEUE, RENEW, RETRY, BURY, REVIVE, REVOKE, SETTLE)

@@ -267,3 +267,23 @@ def test_outside_outcome_only_for_the_stopped_run(app: OmniTask, r: redis.Redis)
     assert app.AsyncResult(stopped).state == "REVOKED"
     assert app.AsyncResult(nxt).state == "PENDING"
     assert r.lrange(app.keys.queue("default").proc("c1"), 0, -1) == [bodies[1]]
+
+
+def test_revoke_on_a_separate_result_backend(redis_url: str, r: redis.Redis) -> None:
+    results_url = redis_url.rsplit("/", 1)[0] + "/4"
+    app = OmniTask("split2", broker=redis_url, result_backend=results_url)
+    app.task(name="t")(lambda: None)
+    done, pending = Call.build(app, "t", (), {}, {}), Call.build(app, "t", (), {}, {})
+    app.broker.enqueue("default", [done.item, pending.item])
+    body = app.broker.claim("default", "c1").tasks[0].body
+    app.broker.ack("default", "c1", body, done.task_id, (b"success", 60_000), None)
+    assert app.broker.revoke(
+        done.task_id, terminate=False, record=b"revoked", result_ttl_ms=60_000, event_fields=[]
+    ) is False  # fmt: skip
+    assert app.broker.revoke(
+        pending.task_id, terminate=False, record=b"revoked", result_ttl_ms=60_000, event_fields=[]
+    ) is True  # fmt: skip
+    with redis.Redis.from_url(results_url) as results:
+        assert results.lrange(app.keys.result(done.task_id), 0, -1) == [b"success"]
+        assert results.lrange(app.keys.result(pending.task_id), 0, -1) == [b"revoked"]
+    app.close()
