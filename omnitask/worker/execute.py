@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import msgspec
 
@@ -51,6 +51,15 @@ T = TypeVar("T")
 
 def _direct(step: Callable[[], T]) -> T:
     return step()
+
+
+class _Run(NamedTuple):
+    """One message being handled: where it came from, as claimed, decoded, and its task."""
+
+    queue: str
+    body: bytes
+    envelope: Envelope
+    task: Task[Any, Any]
 
 
 class Executor:
@@ -95,7 +104,7 @@ class Executor:
         if task is None:
             return None
         if claimed.revoked:
-            return self._revoke(queue, claimed.body, envelope, task, "revoked", claim_next)
+            return self._revoke(_Run(queue, claimed.body, envelope, task), "revoked", claim_next)
         if claimed.deliveries >= self.app.conf.max_deliveries:
             reason = (
                 f"its worker process died {claimed.deliveries} times while running it "
@@ -104,11 +113,11 @@ class Executor:
             self._bury(queue, claimed.body, "max-deliveries", reason, envelope, task)
             return None
         if envelope.expires_ms is not None and now_ms() > envelope.expires_ms:
-            return self._revoke(queue, claimed.body, envelope, task, "expired", claim_next)
+            return self._revoke(_Run(queue, claimed.body, envelope, task), "expired", claim_next)
         request = self._request(queue, claimed, envelope, task)
         if request is None:
             return None
-        return self._run(queue, claimed.body, envelope, task, request, claim_next)
+        return self._run(_Run(queue, claimed.body, envelope, task), request, claim_next)
 
     def finish_outside(
         self, queue: str, body: bytes, exc: Exception, *, revoked: bool, task_id: str
@@ -132,7 +141,7 @@ class Executor:
         if task is None:
             return True
         if revoked:
-            self._revoke(queue, body, envelope, task, "terminated", 0)
+            self._revoke(_Run(queue, body, envelope, task), "terminated", 0)
             return True
         request = self._request(queue, Claimed(body, 0, False), envelope, task)
         if request is not None:
@@ -142,7 +151,7 @@ class Executor:
                 or self.app.conf.time_limit_s
                 or 0.0
             )
-            self._failed(queue, body, envelope, task, request, exc, limit, 0)
+            self._failed(_Run(queue, body, envelope, task), request, exc, limit, 0)
         return True
 
     def _record_bytes(self, record: ResultRecord) -> bytes:
@@ -206,13 +215,11 @@ class Executor:
 
     def _run(
         self,
-        queue: str,
-        body: bytes,
-        envelope: Envelope,
-        task: Task[Any, Any],
+        run: _Run,
         request: Request,
         claim_next: int,
     ) -> Claim | None:
+        queue, body, envelope, task = run
         codec = get_serializer(task.serializer)
         ttl_ms = int(task.result_ttl_s * 1000)
         if task.track_started:
@@ -227,13 +234,13 @@ class Executor:
             value = self._call(task, request, envelope)
         except Exception as exc:  # noqa: BLE001 - the task's failure is data, not our error
             runtime = time.perf_counter() - start
-            return self._failed(queue, body, envelope, task, request, exc, runtime, claim_next)
+            return self._failed(run, request, exc, runtime, claim_next)
         runtime = time.perf_counter() - start
         try:
             encoded = None if task.ignore_result else encode_result(codec, task.name, value)
         except SerializationError as exc:
             # The body ran and its side effects happened: running it again cannot help.
-            return self._fail(queue, body, envelope, task, request, exc, runtime, claim_next)
+            return self._fail(run, request, exc, runtime, claim_next)
         record = ResultRecord(
             TaskState.SUCCESS.value,
             now_ms(),
@@ -284,16 +291,14 @@ class Executor:
 
     def _failed(
         self,
-        queue: str,
-        body: bytes,
-        envelope: Envelope,
-        task: Task[Any, Any],
+        run: _Run,
         request: Request,
         exc: Exception,
         runtime: float,
         claim_next: int,
     ) -> Claim | None:
         """A run raised ``exc``: retry it if the policy (or ``self.retry()``) says so, else fail."""
+        envelope, task = run.envelope, run.task
         policy = task.retry_policy
         if isinstance(exc, Retry):
             limit = task.retries if exc.max_retries is None else exc.max_retries
@@ -306,7 +311,7 @@ class Executor:
                         f"task {task.name!r} asked for retry {envelope.retries + 1} of {limit}"
                     )
                 )
-                return self._fail(queue, body, envelope, task, request, final, runtime, claim_next)
+                return self._fail(run, request, final, runtime, claim_next)
             delay = exc.countdown_s
             if delay is None and exc.eta is not None:
                 delay = max(0.0, exc.eta.timestamp() - time.time())
@@ -315,8 +320,8 @@ class Executor:
         elif policy.should_retry(exc, envelope.retries):
             cause, delay = exc, policy.delay(envelope.retries)
         else:
-            return self._fail(queue, body, envelope, task, request, exc, runtime, claim_next)
-        self._retry(queue, body, envelope, task, cause, int(task.result_ttl_s * 1000), delay)
+            return self._fail(run, request, exc, runtime, claim_next)
+        self._retry(run, cause, int(task.result_ttl_s * 1000), delay)
         outcome = Outcome(request, TaskState.RETRY.value, exception=cause, runtime_s=runtime)
         self.app.signals.task_postrun.send(outcome)
         return None
@@ -368,15 +373,13 @@ class Executor:
 
     def _fail(
         self,
-        queue: str,
-        body: bytes,
-        envelope: Envelope,
-        task: Task[Any, Any],
+        run: _Run,
         request: Request,
         exc: Exception,
         runtime: float,
         claim_next: int,
     ) -> Claim | None:
+        queue, body, envelope, task = run
         state = TaskState.FAILURE.value
         record, summary = self._error_record(state, task, exc, envelope.retries, runtime)
         logger.info("task failed task=%s id=%s error=%s", task.name, envelope.id, summary)
@@ -403,14 +406,12 @@ class Executor:
 
     def _retry(
         self,
-        queue: str,
-        body: bytes,
-        envelope: Envelope,
-        task: Task[Any, Any],
+        run: _Run,
         exc: Exception,
         ttl_ms: int,
         delay_s: float,
     ) -> None:
+        queue, body, envelope, task = run
         retries = envelope.retries + 1
         due_ms = now_ms() + int(delay_s * 1000) if delay_s > 0 else None
         record, summary = self._error_record(TaskState.RETRY.value, task, exc, retries, None)
@@ -449,13 +450,11 @@ class Executor:
 
     def _revoke(
         self,
-        queue: str,
-        body: bytes,
-        envelope: Envelope,
-        task: Task[Any, Any],
+        run: _Run,
         reason: str,
         claim_next: int,
     ) -> Claim | None:
+        queue, body, envelope, task = run
         logger.info("task revoked task=%s id=%s reason=%s", task.name, envelope.id, reason)
         record = ResultRecord(
             TaskState.REVOKED.value, now_ms(), task.name, exc_message=reason, worker=self.consumer
