@@ -100,7 +100,7 @@ def demo(tasks) -> int:  # type: ignore[no-untyped-def]
     print("100 tasks in one round trip, sum of results ->", sum(r.get(timeout=10) for r in results))
 
     slow = tasks.report.delay(300)
-    print("report task state right after sending ->", slow.state, "(PENDING: not started yet)")
+    print("report task state right after sending ->", slow.state)
     print("report(300).get() ->", slow.get(timeout=10), f"state={slow.state}")
 
     later = tasks.add.apply_async((20, 22), countdown=1.0)
