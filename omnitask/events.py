@@ -28,6 +28,7 @@ class EventKind(str, enum.Enum):
     TASK_SUCCEEDED = "task-succeeded"
     TASK_FAILED = "task-failed"
     TASK_RETRIED = "task-retried"
+    TASK_PROGRESS = "task-progress"
     TASK_REVOKED = "task-revoked"
     TASK_REJECTED = "task-rejected"
     WORKER_ONLINE = "worker-online"

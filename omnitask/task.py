@@ -10,9 +10,11 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from omnitask.context import CURRENT_REQUEST, Request
 from omnitask.errors import ConfigurationError
+from omnitask.messages import ResultRecord, encode_result_record, now_ms
 from omnitask.producer import Call, check_priority, seconds
-from omnitask.result import AsyncResult
+from omnitask.result import READY_STATES, AsyncResult
 from omnitask.retry import Retry, RetryPolicy
+from omnitask.serialization import encode_result, get_serializer
 
 if TYPE_CHECKING:
     from omnitask.app import OmniTask
@@ -134,6 +136,50 @@ class Task(Generic[P, R]):
         if eta is not None and (eta.tzinfo is None or eta.utcoffset() is None):
             raise ConfigurationError("retry(eta=...) must be a timezone-aware datetime")
         raise Retry(exc, delay, eta, max_retries)
+
+    def update_state(
+        self, state: str = "PROGRESS", meta: Any = None, *, task_id: str | None = None
+    ) -> None:
+        """Record a custom state (``PROGRESS`` by default) with metadata, from a running task.
+
+        ``AsyncResult.state`` then reads ``state`` and ``AsyncResult.info`` the metadata, until
+        the task finishes; a ``task-progress`` event is published too. Meant for bound tasks:
+        ``self.update_state(meta={"done": 3, "of": 10})``.
+
+        Args:
+            state: The state's name; not one of the final states.
+            meta: Any value the task's serializer can encode.
+            task_id: The task to update; default the run in progress.
+
+        Raises:
+            ConfigurationError: ``state`` is a final state.
+            RuntimeError: No ``task_id`` was given and no run of this task is in progress.
+            SerializationError: ``meta`` cannot be encoded.
+        """
+        if state in READY_STATES:
+            raise ConfigurationError(f"{state} is a final state: a task reaches it by returning")
+        request = CURRENT_REQUEST.get() if task_id is None else None
+        tid = task_id or self.request.id
+        codec = get_serializer(self.serializer)
+        record = ResultRecord(
+            state,
+            now_ms(),
+            self.name,
+            value=encode_result(codec, self.name, meta),
+            serializer=codec.code,
+            worker=request.worker if request else None,
+        )
+        signer = self.app.signer
+        data = encode_result_record(signer.sign(record) if signer else record)
+        fields = ("i", tid, "n", self.name, "state", state)
+        self.app.broker.progress(tid, data, int(self.result_ttl_s * 1000), fields)
+
+    def progress(self, current: float, total: float | None = None) -> None:
+        """Report progress of the run in progress: ``self.progress(3, 10)``.
+
+        Shorthand for ``update_state("PROGRESS", {"current": current, "total": total})``.
+        """
+        self.update_state("PROGRESS", {"current": current, "total": total})
 
     @property
     def queue(self) -> str:

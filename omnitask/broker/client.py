@@ -470,6 +470,23 @@ class Broker:
             if score is not None and score > now
         ]
 
+    def progress(
+        self, task_id: str, record: bytes, ttl_ms: int, event_fields: Sequence[str]
+    ) -> None:
+        """Record a running task's custom state and publish task-progress, in one step."""
+        state = cmd.set_state(self.keys.state(task_id), record, ttl_ms)
+        events: list[cmd.Command] = []
+        if self._events_maxlen:
+            events.append(
+                cmd.event(self.keys.events, self._events_maxlen, "task-progress", *event_fields)
+            )
+        if self.shared_results:
+            self._multi(self.redis, state + events, essential=1)
+        else:
+            self._multi(self.results, state)
+            if events:
+                self._multi(self.redis, events)
+
     def set_state(self, task_id: str, record: bytes, ttl_ms: int) -> None:
         """Record a non-final state (STARTED, RETRY, progress) of a task."""
         self._multi(self.results, cmd.set_state(self.keys.state(task_id), record, ttl_ms))

@@ -162,3 +162,17 @@ def exit75(tag: str) -> None:
     """Exits with the code a recycled child uses: must still count as a crash."""
     _redis().rpush("test:died", tag)
     os._exit(75)
+
+
+@app.task(bind=True)
+def crunch(self: object, steps: int) -> int:
+    """Reports progress after each step, then waits for the test to let it finish."""
+    from omnitask import Task
+
+    assert isinstance(self, Task)
+    client = _redis()
+    for step in range(1, steps + 1):
+        self.progress(step, steps)
+    self.update_state(meta={"phase": "waiting"})
+    client.blpop(["test:go"], timeout=10)
+    return steps

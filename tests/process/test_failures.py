@@ -186,3 +186,21 @@ def test_a_task_exiting_with_the_recycle_code_is_still_a_crash(
     with pytest.raises(omnitask.WorkerLostError):
         basic.exit75.delay("e").get(timeout=10)
     assert strs(r, "test:died") == ["e", "e"]
+
+
+def test_progress_is_readable_and_published(start_worker: WorkerFactory, r: redis.Redis) -> None:
+    start_worker()
+    result = basic.crunch.delay(3)
+    wait_for(lambda: result.info == {"phase": "waiting"}, what="the last progress")
+    assert result.state == "PROGRESS" and not result.ready()
+    r.rpush("test:go", "1")
+    assert result.get(timeout=5) == 3 and result.state == "SUCCESS"
+    progress = [e for e in basic.app.events.replay() if e.kind == "task-progress"]
+    assert len(progress) == 4 and all(e.task_id == result.id for e in progress)
+
+
+def test_final_states_cannot_be_set_by_hand() -> None:
+    with pytest.raises(omnitask.ConfigurationError, match="final state"):
+        basic.crunch.update_state("SUCCESS", task_id="x")
+    with pytest.raises(RuntimeError, match="not running here"):
+        basic.crunch.progress(1, 2)
