@@ -9,7 +9,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from omnitask import __version__, deadletters
+from omnitask import __version__, dlq_cli
 from omnitask.app import OmniTask
 from omnitask.config import mask_url
 from omnitask.errors import OmnitaskError
@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     events.add_argument("--json", action="store_true", help="one JSON object per line")
     events.add_argument("--timeout", type=float, help="stop after this many seconds without events")
     _log_arg(events)
-    deadletters.add_parser(sub)
+    dlq_cli.add_parser(sub)
     return parser
 
 
@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "worker":
             return _worker(app, args)
         if args.command == "dlq":
-            return deadletters.run(app, args)
+            return dlq_cli.run(app, args)
         return _events(app, args)
     except OmnitaskError as exc:
         print(f"omnitask: error: {exc}", file=sys.stderr)  # noqa: T201

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -75,7 +75,6 @@ class WorkerInfo:
     queues: tuple[str, ...]
     pid: int
     child: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 CURRENT_REQUEST: ContextVar[Request | None] = ContextVar("omnitask_request", default=None)

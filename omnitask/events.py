@@ -10,8 +10,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
+
+from omnitask.messages import ms_to_datetime
 
 if TYPE_CHECKING:
     from omnitask.app import OmniTask
@@ -87,7 +89,7 @@ class Event:
             else:
                 extra[k] = v
         ms = int(stream_id.partition("-")[0])
-        time = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+        time = ms_to_datetime(ms)
         return cls(kind, time, stream_id, fields=extra or None, **known)
 
     def as_dict(self) -> dict[str, Any]:

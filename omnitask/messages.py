@@ -10,6 +10,7 @@ appended, with defaults, and :data:`PROTOCOL_VERSION` changes when the layout do
 from __future__ import annotations
 
 import time
+from datetime import datetime, timezone
 
 import msgspec
 
@@ -23,6 +24,7 @@ __all__ = (
     "decode_result",
     "encode_envelope",
     "encode_result_record",
+    "ms_to_datetime",
     "now_ms",
 )
 
@@ -105,6 +107,11 @@ _result_decoder = msgspec.msgpack.Decoder(ResultRecord)
 def now_ms() -> int:
     """The current unix time in milliseconds."""
     return time.time_ns() // 1_000_000
+
+
+def ms_to_datetime(ms: int) -> datetime:
+    """A unix time in milliseconds (as stored in Redis) as an aware UTC datetime."""
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 
 
 def encode_envelope(envelope: Envelope) -> bytes:

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import enum
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from omnitask import failure
 from omnitask.errors import ResultIgnoredError, SerializationError, TaskRevokedError
 from omnitask.errors import TimeoutError as ResultTimeoutError
-from omnitask.messages import ResultRecord, decode_result, encode_result_record, now_ms
+from omnitask.messages import (
+    ResultRecord,
+    decode_result,
+    encode_result_record,
+    ms_to_datetime,
+    now_ms,
+)
 from omnitask.serialization import get_serializer
 
 if TYPE_CHECKING:
@@ -121,7 +127,7 @@ class AsyncResult(Generic[R]):
         record = self._record()
         if record is None or record.state not in READY_STATES:
             return None
-        return datetime.fromtimestamp(record.date_ms / 1000, tz=timezone.utc)
+        return ms_to_datetime(record.date_ms)
 
     def get(self, timeout: float | None = None, *, propagate: bool = True) -> R:
         """Wait for the task to finish and return its result.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import msgspec
@@ -30,6 +30,7 @@ from omnitask.messages import (
     decode_envelope,
     encode_envelope,
     encode_result_record,
+    ms_to_datetime,
     now_ms,
 )
 from omnitask.result import TaskState
@@ -530,4 +531,4 @@ def _ms_to_s(ms: int | None) -> float | None:
 
 
 def _datetime(ms: int | None) -> datetime | None:
-    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return None if ms is None else ms_to_datetime(ms)

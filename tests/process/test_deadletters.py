@@ -13,7 +13,8 @@ import pytest
 import redis
 
 from omnitask.broker.keys import QueueKeys
-from omnitask.deadletters import DeadLetters, add_parser, run
+from omnitask.deadletters import DeadLetters
+from omnitask.dlq_cli import add_parser, run
 from omnitask.errors import MessageError
 from omnitask.loader import load_app
 from omnitask.messages import PROTOCOL_VERSION, Envelope, encode_envelope, now_ms
