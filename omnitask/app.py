@@ -85,6 +85,9 @@ class Settings(TypedDict, total=False):
     revoke_ttl_s: float
     secret_key: str | None
     unsigned_pickle: bool
+    async_concurrency: int
+    async_backend: str
+    eager: bool
 
 
 class OmniTask:
@@ -399,6 +402,10 @@ class OmniTask:
         }
         task = self.tasks.get(name)
         call = Call.build(self, task or name, tuple(args), dict(kwargs or {}), opts)
+        if self.conf.eager:
+            from omnitask.testing.eager import run_eager  # only eager apps pay for the import
+
+            return run_eager(self, call)
         self.broker.enqueue(call.queue, [call.item])
         return AsyncResult(call.task_id, self, ignored=bool(task and task.ignore_result))
 

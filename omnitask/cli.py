@@ -55,6 +55,17 @@ def _parser() -> argparse.ArgumentParser:
         help="replace a child after a task leaves its peak memory above this many KiB",
     )
     worker.add_argument(
+        "--async-concurrency",
+        type=int,
+        metavar="N",
+        help="async tasks each child runs at once on its event loop (default: 100)",
+    )
+    worker.add_argument(
+        "--async-backend",
+        choices=["asyncio", "trio"],
+        help="event loop of async tasks (default: asyncio)",
+    )
+    worker.add_argument(
         "--lease",
         type=float,
         help="seconds a crashed worker's tasks wait before redelivery (see the workers guide)",
@@ -120,6 +131,8 @@ def _worker(app: OmniTask, args: argparse.Namespace) -> int:
         "soft_time_limit_s": args.soft_time_limit,
         "max_tasks_per_child": args.max_tasks_per_child,
         "max_memory_per_child_kb": args.max_memory_per_child,
+        "async_concurrency": args.async_concurrency,
+        "async_backend": args.async_backend,
     }
     settings = {name: value for name, value in flags.items() if value is not None}
     if settings:

@@ -23,6 +23,8 @@ __all__ = ("ENV_PREFIX", "Config", "load_config", "mask_url")
 
 ENV_PREFIX = "OMNITASK_"
 
+ASYNC_BACKENDS = ("asyncio", "trio")
+
 
 # (settings, check, what the message says they must be); None always passes (it means "none").
 _RULES: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
@@ -40,7 +42,11 @@ _RULES: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
         lambda v: v > 0,
         "be greater than 0",
     ),
-    (("max_deliveries", "events_maxlen", "dead_letter_maxlen"), lambda v: v >= 1, "be at least 1"),
+    (
+        ("max_deliveries", "events_maxlen", "dead_letter_maxlen", "async_concurrency"),
+        lambda v: v >= 1,
+        "be at least 1",
+    ),
     (
         (
             "worker_concurrency",
@@ -95,6 +101,12 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
         unsigned_pickle: Accept cloudpickle payloads and results without a signature. Off:
             cloudpickle needs a ``secret_key``, since unpickling runs code. Turn on only where
             everything that can write to Redis is trusted.
+        async_concurrency: ``async def`` tasks each worker child runs at once on its event
+            loop, beside the one ordinary (sync) task it may be running.
+        async_backend: The event loop of async tasks in worker children: ``asyncio`` or
+            ``trio``.
+        eager: Run tasks in the calling process at ``.delay()`` (for unit tests), with the
+            arguments and the result still encoded and decoded by the task's serializer.
     """
 
     broker_url: str = "redis://localhost:6379/0"
@@ -123,6 +135,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     revoke_ttl_s: float = 7 * 86_400.0
     secret_key: str | None = None
     unsigned_pickle: bool = False
+    async_concurrency: int = 100
+    async_backend: str = "asyncio"
+    eager: bool = False
 
     def __post_init__(self) -> None:
         """Check values that a type alone cannot (msgspec reports these with the field name)."""
@@ -135,6 +150,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("default_priority must be between 0 and 9")
         if self.secret_key is not None and not self.secret_key:
             raise ValueError("secret_key must not be empty (None: no signing)")
+        if self.async_backend not in ASYNC_BACKENDS:
+            raise ValueError(f"async_backend must be one of {', '.join(ASYNC_BACKENDS)}")
         if self.serializer not in SERIALIZER_NAMES:
             raise ValueError(f"serializer must be one of {', '.join(SERIALIZER_NAMES)}")
         for names, ok, rule in _RULES:

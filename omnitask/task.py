@@ -305,6 +305,10 @@ class Task(Generic[P, R]):
             args = tuple(call_args)
             self._check_signature(args, {})
             built.append(Call.build(self.app, self, args, {}, {}))
+        if self.app.conf.eager:
+            from omnitask.testing.eager import run_eager
+
+            return [run_eager(self.app, call) for call in built]
         by_queue: dict[str, list[Any]] = {}
         for call in built:
             by_queue.setdefault(call.queue, []).append(call.item)
