@@ -25,12 +25,13 @@ from omnitask.errors import (
 from omnitask.events import Event, EventKind
 from omnitask.result import AsyncResult, TaskState
 from omnitask.retry import Retry, RetryPolicy
-from omnitask.task import Task
+from omnitask.task import AsyncTask, Task
 
 __version__ = "0.1.0"
 
 __all__ = (
     "AsyncResult",
+    "AsyncTask",
     "BrokerConnectionError",
     "BrokerUnavailable",
     "ConfigurationError",

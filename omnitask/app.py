@@ -4,14 +4,27 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypedDict, TypeVar, overload
+from functools import partial
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Concatenate,
+    Literal,
+    ParamSpec,
+    Protocol,
+    TypedDict,
+    TypeVar,
+    overload,
+)
 
 import msgspec
 import redis
 
+from omnitask import awaiting
 from omnitask.broker.client import Broker
 from omnitask.broker.keys import Keyspace, check_name
 from omnitask.config import Config, load_config, mask_url
@@ -24,7 +37,7 @@ from omnitask.retry import RetryPolicy
 from omnitask.serialization import SERIALIZER_NAMES, get_serializer
 from omnitask.signals import Signals
 from omnitask.signing import Signer
-from omnitask.task import Task
+from omnitask.task import AsyncTask, Task
 
 if TYPE_CHECKING:
     from typing_extensions import Never, Unpack
@@ -88,6 +101,28 @@ class Settings(TypedDict, total=False):
     async_concurrency: int
     async_backend: str
     eager: bool
+
+
+class TaskDecorator(Protocol):
+    """What ``@app.task(...)`` returns: registers a function as a Task (AsyncTask if async)."""
+
+    @overload
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> AsyncTask[P, R]: ...
+
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+
+class BoundTaskDecorator(Protocol):
+    """What ``@app.task(bind=True, ...)`` returns: the function's first argument is the task."""
+
+    @overload
+    def __call__(
+        self, fn: Callable[Concatenate[Any, P], Coroutine[Any, Any, R]], /
+    ) -> AsyncTask[P, R]: ...
+
+    @overload
+    def __call__(self, fn: Callable[Concatenate[Any, P], R], /) -> Task[P, R]: ...
 
 
 class OmniTask:
@@ -210,6 +245,9 @@ class OmniTask:
     # -- tasks --------------------------------------------------------------------------------
 
     @overload
+    def task(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> AsyncTask[P, R]: ...
+
+    @overload
     def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
 
     @overload
@@ -234,7 +272,7 @@ class OmniTask:
         soft_time_limit: float | timedelta | None = None,
         bind: Literal[False] = False,
         **unknown: Never,
-    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+    ) -> TaskDecorator: ...
 
     @overload
     def task(
@@ -258,7 +296,7 @@ class OmniTask:
         soft_time_limit: float | timedelta | None = None,
         bind: Literal[True],
         **unknown: Never,
-    ) -> Callable[[Callable[Concatenate[Any, P], R]], Task[P, R]]: ...
+    ) -> BoundTaskDecorator: ...
 
     # mypy reports the implementation as not matching the keyword-only overloads whenever a
     # ParamSpec appears only in an overload's return type, even for an implementation taking
@@ -333,7 +371,8 @@ class OmniTask:
             raise ConfigurationError("soft_time_limit must be shorter than time_limit")
 
         def register(func: Callable[P, R]) -> Task[P, R]:
-            task = Task(
+            kind = AsyncTask if inspect.iscoroutinefunction(func) else Task
+            task = kind(
                 self,
                 func,
                 name=name or _default_name(func),
@@ -408,6 +447,16 @@ class OmniTask:
             return run_eager(self, call)
         self.broker.enqueue(call.queue, [call.item])
         return AsyncResult(call.task_id, self, ignored=bool(task and task.ignore_result))
+
+    async def send_task_async(
+        self,
+        name: str,
+        args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Unpack[OptionsLike],
+    ) -> AsyncResult[Any]:
+        """The awaitable form of :meth:`send_task`: the event loop never waits on Redis."""
+        return await awaiting.in_thread(partial(self.send_task, name, args, kwargs, **options))
 
     def AsyncResult(self, task_id: str) -> AsyncResult[Any]:  # noqa: N802 - Celery's name
         """A handle on the result of task ``task_id``."""

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Generator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from omnitask import failure
+from omnitask import awaiting, failure
 from omnitask.errors import ResultIgnoredError, SerializationError, TaskRevokedError
 from omnitask.errors import TimeoutError as ResultTimeoutError
 from omnitask.messages import (
@@ -146,13 +147,36 @@ class AsyncResult(Generic[R]):
             Exception: The task's own exception, rebuilt as its type, or
                 :class:`~omnitask.TaskFailed` when the type cannot be rebuilt here.
         """
+        self._check_stored()
+        if self._final is None:
+            self._arrived(self.app.broker.wait_result(self.id, timeout), timeout)
+        return self._outcome(propagate)
+
+    async def get_async(self, timeout: float | None = None, *, propagate: bool = True) -> R:
+        """Await the task's result without blocking the event loop (asyncio or trio).
+
+        The awaitable form of :meth:`get`, with the same arguments and errors; ``await
+        result`` is the same as ``await result.get_async()``.
+        """
+        self._check_stored()
+        if self._final is None:
+            self._arrived(await awaiting.wait_result(self.app, self.id, timeout), timeout)
+        return self._outcome(propagate)
+
+    def __await__(self) -> Generator[Any, None, R]:
+        return self.get_async().__await__()
+
+    def _check_stored(self) -> None:
         if self._ignored:
             raise ResultIgnoredError(f"task {self.id} was sent with ignore_result=True")
-        if self._final is None:
-            data = self.app.broker.wait_result(self.id, timeout)
-            if data is None:
-                raise ResultTimeoutError(f"no result for task {self.id} within {timeout} s")
-            self._final = decode_result(data)
+
+    def _arrived(self, data: bytes | None, timeout: float | None) -> None:
+        if data is None:
+            raise ResultTimeoutError(f"no result for task {self.id} within {timeout} s")
+        self._final = decode_result(data)
+
+    def _outcome(self, propagate: bool) -> R:
+        assert self._final is not None
         value = _value(self._final, self.app)
         if isinstance(value, BaseException) and propagate:
             raise value

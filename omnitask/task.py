@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from datetime import datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
+from omnitask import awaiting
 from omnitask.context import CURRENT_REQUEST, Request
 from omnitask.errors import ConfigurationError
 from omnitask.messages import ResultRecord, encode_result_record, now_ms
-from omnitask.producer import Call, check_priority, seconds
+from omnitask.producer import Call, OptionsLike, check_priority, seconds
 from omnitask.result import READY_STATES, AsyncResult
 from omnitask.retry import Retry, RetryPolicy
 from omnitask.serialization import encode_result, get_serializer
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from omnitask.app import OmniTask
 
-__all__ = ("Task",)
+__all__ = ("AsyncTask", "Task")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -37,6 +41,7 @@ class Task(Generic[P, R]):
         fn: The wrapped function.
         retries: Automatic retries on an exception.
         ignore_result: True when results are not stored.
+        is_async: True for an ``async def`` function, which workers run on an event loop.
     """
 
     def __init__(
@@ -67,6 +72,8 @@ class Task(Generic[P, R]):
             raise ConfigurationError(f"task {name!r}: retries must not be negative")
         self.retry_policy = retry
         self.bind = bind
+        # Workers run coroutine functions on their event loop, the others in the main thread.
+        self.is_async = inspect.iscoroutinefunction(fn)
         self.time_limit_s = None if time_limit is None else seconds("time_limit", time_limit)
         self.soft_time_limit_s = (
             None if soft_time_limit is None else seconds("soft_time_limit", soft_time_limit)
@@ -289,6 +296,23 @@ class Task(Generic[P, R]):
             soft_time_limit=soft_time_limit,
         )
 
+    async def delay_async(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        """The awaitable form of :meth:`delay`, for asyncio and trio code.
+
+        The send runs in a worker thread, so the event loop never waits on Redis (nor on the
+        retries of a send while Redis is unreachable). Same errors as :meth:`delay`.
+        """
+        return await awaiting.in_thread(partial(self.apply_async, args, kwargs))
+
+    async def send_async(
+        self,
+        args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Unpack[OptionsLike],
+    ) -> AsyncResult[R]:
+        """The awaitable form of :meth:`apply_async`, with the same options and errors."""
+        return await awaiting.in_thread(partial(self.apply_async, args, kwargs, **options))
+
     def apply_at(
         self, when: datetime | float, /, *args: P.args, **kwargs: P.kwargs
     ) -> AsyncResult[R]:
@@ -321,6 +345,22 @@ class Task(Generic[P, R]):
             self._signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise TypeError(f"task {self.name!r}: {exc}") from None
+
+
+class AsyncTask(Task[P, R]):
+    """A Task whose function is ``async def``: workers run it on their event loop.
+
+    Everything of :class:`Task` applies; ``R`` is what the coroutine returns, so
+    ``delay()`` gives an ``AsyncResult[R]``. Calling the task itself returns the coroutine,
+    to await here and now.
+    """
+
+    def __call__(  # type: ignore[override]  # returns the coroutine, not R
+        self, *args: P.args, **kwargs: P.kwargs
+    ) -> Coroutine[Any, Any, R]:
+        """Return the coroutine of the function, to await here, without any queue."""
+        fn: Callable[..., Coroutine[Any, Any, R]] = self.fn  # type: ignore[assignment]
+        return fn(self, *args, **kwargs) if self.bind else fn(*args, **kwargs)
 
 
 def _restore(module: str, qualname: str, name: str) -> Task[Any, Any]:

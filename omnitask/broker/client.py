@@ -303,11 +303,13 @@ class Broker:
         final_event: cmd.Command | None,
         claim_next: int = 0,
         dead_fields: Sequence[str | bytes] | None = None,
+        still_held: int = 0,
     ) -> tuple[bool, Claim | None]:
         """Finish a task (store its result record with a TTL in ms) and claim the next ones.
 
         Returns whether the consumer still held the task (False: its lease expired and the task
         went to another worker) and, when ``claim_next`` > 0, the claim made in the same step.
+        ``still_held`` is how many other tasks of ``queue`` the consumer holds (see claim).
         """
         qk = self.keys.queue(queue)
         result_cmds = self._result_commands(task_id, result)
@@ -318,15 +320,17 @@ class Broker:
         commands = cmd.ack(qk, consumer, body, task_id, final_event, dead)
         if not (claim_next and self.shared_results):
             held = bool(self._write(result_cmds, commands, essential=1)[0])
-            return held, (self.claim(queue, consumer, claim_next) if claim_next else None)
-        keys, args = self._claim_args(qk, consumer, claim_next)
+            return held, (
+                self.claim(queue, consumer, claim_next, still_held) if claim_next else None
+            )
+        keys, args = self._claim_args(qk, consumer, claim_next, still_held)
         claim: cmd.Command = ("EVALSHA", CLAIM.sha, len(keys), *keys, *args)
         # One MULTI: the ack and the next claim are one atomic step and one round trip.
         replies = self._multi(self.redis, [*commands, *result_cmds, claim], essential=1)
         held, reply = bool(replies[0]), replies[-1]
         if isinstance(reply, NoScriptError):
             # Redis restarted and forgot its scripts; the ack itself applied.
-            return held, self.claim(queue, consumer, claim_next)
+            return held, self.claim(queue, consumer, claim_next, still_held)
         if isinstance(reply, Exception):
             return held, None  # logged by _multi; the caller claims on its own next
         return held, _parse_claim(reply)

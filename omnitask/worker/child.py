@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from omnitask.context import WorkerInfo
+from omnitask.worker.aio import AsyncRunner
 from omnitask.worker.execute import Executor
 from omnitask.worker.limits import RunSlot
 
@@ -103,14 +104,29 @@ class Child:
         self.app.signals.worker_process_init.send(
             WorkerInfo(self.worker, self.queues, os.getpid(), self.consumer)
         )
-        executor = Executor(self.app, self.consumer, self._retrying, self.slot)
-        with contextlib.suppress(_Stop):
-            self._loop(executor)
+        runner = self._async_runner()
+        executor = Executor(self.app, self.consumer, self._retrying, self.slot, runner=runner)
+        try:
+            with contextlib.suppress(_Stop):
+                self._loop(executor)
+        finally:
+            if runner is not None:
+                # Warm shutdown: running async tasks get what is left of the supervisor's
+                # shutdown timeout; those still running then are cancelled and handed back.
+                self._busy = True  # a second SIGTERM must not interrupt the wait
+                runner.stop(max(self.app.conf.shutdown_timeout_s - 1.0, 0.5))
         logger.debug("child stopped consumer=%s", self.consumer)
         if self._recycle_due():
             if self.slot is not None:
                 self.slot.mark_recycling()
             raise SystemExit(RECYCLE_EXIT)
+
+    def _async_runner(self) -> AsyncRunner | None:
+        """The event loop thread for async tasks, when the app has any (started on use)."""
+        if not any(task.is_async for task in self.app.tasks.values()):
+            return None
+        conf = self.app.conf
+        return AsyncRunner(conf.async_backend, conf.async_concurrency, self.app.broker.to_terminate)
 
     def _on_term(self, signum: int, frame: FrameType | None) -> None:
         self._stopping = True
@@ -120,7 +136,12 @@ class Child:
     def _loop(self, executor: Executor) -> None:
         claim: Claim | None = None
         queue = self.queues[0]
+        runner = executor.runner
         while not self._stopping and not self._recycle_due():
+            if runner is not None and not runner.reserved:
+                # Whatever is claimed next may be async: claim only with room to run it.
+                runner.reserve()
+                continue  # a SIGTERM may have come while waiting
             if claim is not None and not claim.tasks:
                 # The ack's own claim found the queue empty (atomically): block right away
                 # instead of asking again; anything sent since then has left a wake token.
@@ -128,7 +149,7 @@ class Child:
                 claim = None
                 continue
             if claim is None:
-                queue, claim = self._claim_any()
+                queue, claim = self._claim_any(executor)
                 if not claim.tasks:
                     self._idle(claim)
                     claim = None
@@ -163,7 +184,7 @@ class Child:
                 return True
         return False
 
-    def _claim_any(self) -> tuple[str, Claim]:
+    def _claim_any(self, executor: Executor) -> tuple[str, Claim]:
         """Claim from the queues in turn, starting after the last one served (fairness).
 
         With nothing to claim anywhere, the claim returned carries the earliest due time of
@@ -174,7 +195,7 @@ class Child:
         claim: Claim | None = None
         for i in range(count):
             queue = self.queues[(self._next_queue + i) % count]
-            claim = self._retrying(partial(self.app.broker.claim, queue, self.consumer, 1))
+            claim = self._retrying(partial(executor.claim, queue))
             if claim.tasks:
                 self._next_queue = (self._next_queue + i + 1) % count
                 return queue, claim

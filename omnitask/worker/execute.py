@@ -6,12 +6,17 @@ retry, or bury (a message that must not run: malformed, unknown task, poison pil
 
 from __future__ import annotations
 
+import inspect
 import logging
+import math
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
+import anyio
 import msgspec
 
 from omnitask import failure
@@ -23,6 +28,7 @@ from omnitask.errors import (
     MessageError,
     SerializationError,
     SoftTimeLimitExceeded,
+    TimeLimitExceeded,
 )
 from omnitask.messages import (
     Envelope,
@@ -36,6 +42,7 @@ from omnitask.messages import (
 from omnitask.result import TaskState
 from omnitask.retry import Retry
 from omnitask.serialization import decode_call, encode_result, get_serializer
+from omnitask.worker.aio import AsyncRunner, CancelReason, run_coroutine_here
 from omnitask.worker.limits import RunSlot, soft_time_limit
 
 if TYPE_CHECKING:
@@ -52,6 +59,14 @@ T = TypeVar("T")
 
 def _direct(step: Callable[[], T]) -> T:
     return step()
+
+
+class _Abandoned(Exception):  # noqa: N818 - a signal between two methods, never raised out
+    """An async run cancelled by the end of a warm shutdown: it is handed back, not recorded."""
+
+
+class _Terminated(Exception):  # noqa: N818
+    """An async run cancelled by a revoke with ``terminate=True``."""
 
 
 class _Run(NamedTuple):
@@ -73,12 +88,21 @@ class Executor:
         io: Callable[[Callable[[], Any]], Any] = _direct,
         slot: RunSlot | None = None,
         broker: Broker | None = None,
+        runner: AsyncRunner | None = None,
     ) -> None:
         """Run tasks of ``app`` as ``consumer``.
 
         ``io`` runs each Redis step (the child passes one that retries while Redis is away);
-        only the Redis steps are retried, never the task body.
+        only the Redis steps are retried, never the task body. Async tasks go to ``runner``
+        (the child's event loop); without one they run to completion here.
         """
+        self.runner = runner
+        # Async tasks finish in other threads while the main thread claims. A claim tells
+        # Redis how many tasks this consumer holds (to find envelopes of a claim whose reply
+        # was lost), so claims and the steps that finish async tasks take turns, and the
+        # count is exact whenever a claim runs.
+        self.lock = threading.Lock()
+        self._held: dict[str, int] = {}  # queue -> async tasks claimed and not yet finished
         self.app = app
         self.consumer = consumer
         self._io = io
@@ -91,6 +115,11 @@ class Executor:
 
     def _event(self, kind: str, *fields: str) -> cmd.Command | None:
         return cmd.event(self._events_key, self._maxlen, kind, *fields) if self._maxlen else None
+
+    def claim(self, queue: str) -> Claim:
+        """Claim the next task of ``queue`` for this consumer."""
+        with self.lock:
+            return self.broker.claim(queue, self.consumer, 1, self._held.get(queue, 0))
 
     def handle(self, queue: str, claimed: Claimed, claim_next: int) -> Claim | None:
         """Run one claimed message to its outcome; return the next claim if one was made."""
@@ -117,6 +146,9 @@ class Executor:
             return self._revoke(_Run(queue, claimed.body, envelope, task), "expired", claim_next)
         request = self._request(queue, claimed, envelope, task)
         if request is None:
+            return None
+        if task.is_async:
+            self._submit(_Run(queue, claimed.body, envelope, task), request)
             return None
         return self._run(_Run(queue, claimed.body, envelope, task), request, claim_next)
 
@@ -146,12 +178,7 @@ class Executor:
             return True
         request = self._request(queue, Claimed(body, 0, False), envelope, task)
         if request is not None:
-            limit = (
-                _ms_to_s(envelope.time_limit_ms)
-                or task.time_limit_s
-                or self.app.conf.time_limit_s
-                or 0.0
-            )
+            limit = self._limits(task, envelope)[0] or 0.0
             self._failed(_Run(queue, body, envelope, task), request, exc, limit, 0)
         return True
 
@@ -214,29 +241,31 @@ class Executor:
             worker=self.consumer,
         )
 
-    def _run(
-        self,
-        run: _Run,
-        request: Request,
-        claim_next: int,
-    ) -> Claim | None:
-        queue, body, envelope, task = run
-        codec = get_serializer(task.serializer)
-        ttl_ms = int(task.result_ttl_s * 1000)
+    def _run(self, run: _Run, request: Request, claim_next: int) -> Claim | None:
+        self._begin(run, request)
+        start = time.perf_counter()
+        try:
+            value = self._call(run.task, request, run.envelope)
+        except Exception as exc:  # noqa: BLE001 - the task's failure is data, not our error
+            return self._failed(run, request, exc, time.perf_counter() - start, claim_next)
+        return self._succeeded(run, request, value, time.perf_counter() - start, claim_next)
+
+    def _begin(self, run: _Run, request: Request) -> None:
+        task = run.task
         if task.track_started:
             started = ResultRecord(
                 TaskState.STARTED.value, now_ms(), task.name, worker=self.consumer
             )
             data = self._record_bytes(started)
-            self._io(lambda: self.broker.set_state(envelope.id, data, ttl_ms))
+            ttl_ms = int(task.result_ttl_s * 1000)
+            self._io(lambda: self.broker.set_state(run.envelope.id, data, ttl_ms))
         self.app.signals.task_prerun.send(request)
-        start = time.perf_counter()
-        try:
-            value = self._call(task, request, envelope)
-        except Exception as exc:  # noqa: BLE001 - the task's failure is data, not our error
-            runtime = time.perf_counter() - start
-            return self._failed(run, request, exc, runtime, claim_next)
-        runtime = time.perf_counter() - start
+
+    def _succeeded(
+        self, run: _Run, request: Request, value: Any, runtime: float, claim_next: int
+    ) -> Claim | None:
+        queue, body, envelope, task = run
+        codec = get_serializer(task.serializer)
         try:
             encoded = None if task.ignore_result else encode_result(codec, task.name, value)
         except SerializationError as exc:
@@ -255,6 +284,7 @@ class Executor:
         event = self._event(
             "task-succeeded", *self._fields(envelope, queue), "rt", f"{runtime:.6f}"
         )
+        ttl_ms = int(task.result_ttl_s * 1000)
         result = None if task.ignore_result else (self._record_bytes(record), ttl_ms)
         claim = self._ack(queue, body, envelope.id, result, event, claim_next)
         outcome = Outcome(request, TaskState.SUCCESS.value, result=value, runtime_s=runtime)
@@ -262,8 +292,8 @@ class Executor:
         self.app.signals.task_postrun.send(outcome)
         return claim
 
-    def _call(self, task: Task[Any, Any], request: Request, envelope: Envelope) -> Any:
-        """Call the task's function with its request current and its time limits armed."""
+    def _limits(self, task: Task[Any, Any], envelope: Envelope) -> tuple[float | None, ...]:
+        """The hard and soft time limits of a run: per call, else the task's, else the app's."""
         conf = self.app.conf
         hard = _ms_to_s(envelope.time_limit_ms) or task.time_limit_s or conf.time_limit_s
         soft = (
@@ -271,6 +301,11 @@ class Executor:
             or task.soft_time_limit_s
             or conf.soft_time_limit_s
         )
+        return hard, soft
+
+    def _call(self, task: Task[Any, Any], request: Request, envelope: Envelope) -> Any:
+        """Call the task's function with its request current and its time limits armed."""
+        hard, soft = self._limits(task, envelope)
         args = (task, *request.args) if task.bind else request.args
         token = CURRENT_REQUEST.set(request)
         if self.slot is not None:
@@ -279,6 +314,10 @@ class Executor:
         try:
             with soft_time_limit(soft if self.slot is not None else None):
                 value = task.fn(*args, **request.kwargs)
+                if inspect.iscoroutine(value):
+                    # A coroutine from a function that does not look async (a sync wrapper):
+                    # run it here, in the main thread, where the time limits apply.
+                    value = run_coroutine_here(self.app.conf.async_backend, lambda: value)
                 returned = True
             return value
         except SoftTimeLimitExceeded:
@@ -289,6 +328,82 @@ class Executor:
             if self.slot is not None:
                 self.slot.end()
             CURRENT_REQUEST.reset(token)
+
+    # -- async tasks ------------------------------------------------------------------------
+
+    def _submit(self, run: _Run, request: Request) -> None:
+        """Hand an async task to the child's event loop, or run it here without one."""
+        with self.lock:
+            self._held[run.queue] = self._held.get(run.queue, 0) + 1
+        if self.runner is None:
+            run_coroutine_here(
+                self.app.conf.async_backend,
+                lambda: self._run_async(run, request, anyio.CancelScope()),
+            )
+            return
+        self.runner.submit(request.id, partial(self._run_async, run, request))
+
+    def _finish_async(self, queue: str, step: Callable[[], object]) -> None:
+        """Run the step that takes an async task out of flight; in a thread, not on the loop."""
+        with self.lock:
+            try:
+                step()
+            finally:
+                self._held[queue] -= 1
+
+    async def _run_async(self, run: _Run, request: Request, scope: anyio.CancelScope) -> None:
+        """Run an async task on the event loop; record its outcome from a thread.
+
+        Redis steps run in a thread, so that a slow or unreachable Redis stalls only this
+        task, never the loop or the time limits of the other tasks on it.
+        """
+        if run.task.track_started:
+            await anyio.to_thread.run_sync(self._begin, run, request)
+        else:
+            self.app.signals.task_prerun.send(request)
+        start = time.perf_counter()
+        try:
+            value = await self._call_async(run, request, scope)
+        except _Abandoned:
+            return  # left in flight: handed back to the queue when the child exits
+        except _Terminated:
+            step = partial(self._revoke, run, "terminated", 0)
+        except Exception as exc:  # noqa: BLE001 - the task's failure is data, not our error
+            step = partial(self._failed, run, request, exc, time.perf_counter() - start, 0)
+        else:
+            step = partial(self._succeeded, run, request, value, time.perf_counter() - start, 0)
+        await anyio.to_thread.run_sync(self._finish_async, run.queue, step)
+
+    async def _call_async(self, run: _Run, request: Request, scope: anyio.CancelScope) -> Any:
+        """Await the task's coroutine inside ``scope``, with the time limits as its deadline.
+
+        An async task is stopped by cancellation at its first limit: it can clean up in
+        ``finally`` (or catch the cancellation), and the run ends with SoftTimeLimitExceeded
+        or TimeLimitExceeded, whichever limit came first.
+        """
+        task = run.task
+        hard, soft = self._limits(task, run.envelope)
+        limit = min(x for x in (hard, soft, math.inf) if x)
+        if limit < math.inf:
+            scope.deadline = anyio.current_time() + limit
+        args = (task, *request.args) if task.bind else request.args
+        token = CURRENT_REQUEST.set(request)
+        try:
+            with scope:
+                return await task.fn(*args, **request.kwargs)
+        finally:
+            CURRENT_REQUEST.reset(token)
+        # Reached only when the scope swallowed a cancellation: say which one it was.
+        reason = self.runner.cancel_reason(request.id) if self.runner else None
+        if reason == CancelReason.SHUTDOWN:
+            raise _Abandoned
+        if reason == CancelReason.TERMINATED:
+            raise _Terminated
+        if soft and limit == soft:
+            raise SoftTimeLimitExceeded(
+                f"soft time limit ({soft:g} s) exceeded; the task was cancelled"
+            )
+        raise TimeLimitExceeded(f"time limit ({limit:g} s) exceeded; the task was cancelled")
 
     def _failed(
         self,
@@ -337,11 +452,16 @@ class Executor:
         claim_next: int,
         dead_fields: list[str | bytes] | None = None,
     ) -> Claim | None:
-        held, claim = self._io(
-            lambda: self.broker.ack(
-                queue, self.consumer, body, task_id, result, event, claim_next, dead_fields
-            )
-        )
+        def step() -> tuple[bool, Claim | None]:
+            if not claim_next:
+                return self.broker.ack(queue, self.consumer, body, task_id, result, event)
+            with self.lock:  # it claims too: see __init__
+                held = self._held.get(queue, 0)
+                return self.broker.ack(
+                    queue, self.consumer, body, task_id, result, event, claim_next, None, held
+                )
+
+        held, claim = self._io(step)
         if not held:
             logger.warning(
                 "task finished after its lease expired; it may run again elsewhere id=%s", task_id

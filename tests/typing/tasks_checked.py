@@ -45,3 +45,29 @@ result: str = add.delay(1, 2).get()  # E: assignment
 app.task(retires=3)  # E: call-overload
 app.task(retry_on=KeyError)(lambda: None)
 app.task(retry_on="KeyError")  # E: call-overload
+
+
+@app.task
+async def fetch(url: str, retries: int = 0) -> bytes:
+    return url.encode()
+
+
+@app.task(queue="io", bind=True)
+async def crawl(self: Any, depth: int) -> list[str]:
+    return [str(depth)]
+
+
+async def caller() -> None:
+    assert_type(fetch.delay("u"), AsyncResult[bytes])
+    assert_type(fetch.delay("u").get(), bytes)
+    assert_type(await fetch("u"), bytes)
+    assert_type(await fetch.delay_async("u"), AsyncResult[bytes])
+    assert_type(await fetch.delay("u").get_async(timeout=5), bytes)
+    assert_type(await fetch.delay("u"), bytes)
+    assert_type(await crawl.delay_async(2), AsyncResult[list[str]])
+    assert_type(await add.send_async((1, 2), countdown=1), AsyncResult[int])
+    fetch.delay(1)  # E: arg-type
+    await fetch.delay_async("u", retries="x")  # E: arg-type
+    await crawl.delay_async()  # E: call-arg
+    await add.send_async((1, 2), countdon=1)  # E: call-arg
+    blob: str = await fetch.delay("u")  # E: assignment
