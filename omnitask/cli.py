@@ -70,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         help="seconds a crashed worker's tasks wait before redelivery (see the workers guide)",
     )
+    worker.add_argument(
+        "--reload",
+        action="store_true",
+        help="restart the worker when the app's Python files change (development only)",
+    )
     _log_arg(worker)
 
     events = sub.add_parser(
@@ -107,6 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="[%(asctime)s %(levelname)s %(processName)s] %(name)s: %(message)s",
     )
     try:
+        if args.command == "worker" and args.reload:
+            # Before load_app: the reloader must never import the app, which may be broken.
+            return _reload(args.app, sys.argv[1:] if argv is None else argv)
         app = load_app(args.app)
         if args.command == "worker":
             return _worker(app, args)
@@ -145,6 +153,12 @@ def _worker(app: OmniTask, args: argparse.Namespace) -> int:
     supervisor = Supervisor(app, queues, app.conf.concurrency, name=args.hostname)
     print(_banner(app, supervisor.name, queues, app.conf.concurrency), flush=True)  # noqa: T201
     return supervisor.run()
+
+
+def _reload(app_spec: str, argv: Sequence[str]) -> int:
+    from omnitask.worker.reload import Reloader
+
+    return Reloader(app_spec, argv).run()
 
 
 def _banner(app: OmniTask, name: str, queues: Sequence[str], concurrency: int) -> str:
