@@ -36,7 +36,8 @@ fragments (``add.delay(2, 3)`` on a page that never defines ``add``); keep it a 
 as in the text, and a block may write ``from tasks import app``.
 
 **Workers.** A page with a block marked ``worker`` gets one worker, started right before that
-block runs: ``python -m omnitask worker -A tasks -c 1`` on ``<tmp>/tasks.py``, a file that
+block runs: ``python -m omnitask worker -A tasks -c 1 -Q <queues>`` on ``<tmp>/tasks.py``
+(``<queues>``: every queue the file's tasks are declared with, and the default), a file that
 holds the *definitions* of every block of the page that runs: their imports, ``def``,
 ``async def`` and ``class`` statements, and their assignments of a literal or of a call that
 does not send or wait (no ``.delay``, ``.apply_async``, ``.apply_at``, ``.delay_many``,
@@ -77,6 +78,7 @@ import ast
 import contextlib
 import os
 import re
+import runpy
 import signal
 import subprocess
 import sys
@@ -203,14 +205,15 @@ def _compile(block: Block, url: str) -> types.CodeType:
 class _Worker:
     """``python -m omnitask worker -A tasks -c 1`` in ``cwd``, in its own session."""
 
-    def __init__(self, cwd: Path, url: str) -> None:
+    def __init__(self, cwd: Path, url: str, queues: list[str]) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("OMNITASK_")}
         env.update(OMNITASK_BROKER_URL=url, PYTHONUNBUFFERED="1")
         env["PYTHONPATH"] = os.pathsep.join([str(cwd), str(ROOT)])
         self.lines: list[str] = []
         self._ready = threading.Event()
+        args = ["worker", "-A", MODULE, "-c", "1", "-Q", ",".join(queues), "-l", "warning"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "omnitask", "worker", "-A", MODULE, "-c", "1", "-l", "warning"],
+            [sys.executable, "-m", "omnitask", *args],
             cwd=cwd,
             env=env,
             stdout=subprocess.PIPE,
@@ -330,6 +333,19 @@ def _as_main(namespace: dict[str, object], path: Path) -> Iterator[None]:
         namespace["__name__"] = MODULE
 
 
+def _queues(path: Path) -> list[str]:
+    """Every queue the tasks of the worker's module are declared with, and the default one."""
+    from omnitask import OmniTask
+
+    found: set[str] = set()
+    namespace = runpy.run_path(str(path), run_name="_docs_queues")
+    for app in [v for v in namespace.values() if isinstance(v, OmniTask)]:
+        found.add(app.conf.default_queue)
+        found.update(task.queue for task in app.tasks.values())
+        app.close()
+    return sorted(found) or ["default"]
+
+
 def _page_id(path: Path) -> str:
     return str(_rel(path))
 
@@ -357,7 +373,7 @@ def test_page(page: Path, redis_url: str, tmp_path: Path, monkeypatch: pytest.Mo
             if split == len(runnable):
                 return
             path.write_text(_definitions(runnable, redis_url), encoding="utf-8")
-            worker = _Worker(tmp_path, redis_url)
+            worker = _Worker(tmp_path, redis_url, _queues(path))
             worker.wait_ready()
             with _as_main(module.__dict__, path):
                 for block in runnable[split:]:
