@@ -6,6 +6,7 @@ Everything a user needs is importable from here; see the docs for the guide.
 from omnitask.app import OmniTask
 from omnitask.context import Outcome, Request, WorkerInfo
 from omnitask.errors import (
+    ArgumentTypeError,
     BrokerConnectionError,
     BrokerUnavailable,
     ConfigurationError,
@@ -30,6 +31,7 @@ from omnitask.task import AsyncTask, Task
 __version__ = "0.1.0"
 
 __all__ = (
+    "ArgumentTypeError",
     "AsyncResult",
     "AsyncTask",
     "BrokerConnectionError",

@@ -5,6 +5,7 @@ them all::
 
     OmnitaskError
     ├── ConfigurationError          a setting or a task option has a bad value
+    ├── ArgumentTypeError           an argument does not match the function's annotation
     ├── SerializationError          an argument or result cannot be encoded (raised at .delay())
     ├── TaskNotRegisteredError      no task of that name is registered on the app
     ├── BrokerConnectionError       Redis could not be reached in time
@@ -25,6 +26,7 @@ from __future__ import annotations
 import builtins
 
 __all__ = (
+    "ArgumentTypeError",
     "BrokerConnectionError",
     "BrokerUnavailable",
     "ConfigurationError",
@@ -132,3 +134,11 @@ class TimeLimitExceeded(OmnitaskError):  # noqa: N818 - Celery's name, on purpos
 
 class SoftTimeLimitExceeded(OmnitaskError):  # noqa: N818 - Celery's name, on purpose
     """Raised inside a running task at its ``soft_time_limit``, so that it can clean up."""
+
+
+class ArgumentTypeError(OmnitaskError, TypeError):
+    """An argument does not match the type the task's function annotates for it.
+
+    Raised by ``.delay()`` (nothing is sent); on a worker, a message whose arguments cannot be
+    converted to the annotated types is dead-lettered and its result fails with this type.
+    """

@@ -10,6 +10,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from omnitask import awaiting
+from omnitask.arguments import Arguments
 from omnitask.context import CURRENT_REQUEST, Request
 from omnitask.errors import ConfigurationError
 from omnitask.messages import ResultRecord, encode_result_record, now_ms
@@ -39,6 +40,7 @@ class Task(Generic[P, R]):
     Attributes:
         name: The registered name, the same in every process.
         fn: The wrapped function.
+        arguments: Its signature and annotations, which every call is checked against.
         retries: Automatic retries on an exception.
         ignore_result: True when results are not stored.
         is_async: True for an ``async def`` function, which workers run on an event loop.
@@ -87,11 +89,7 @@ class Task(Generic[P, R]):
             app.check_serializer(serializer)
         self._serializer = serializer
         self._track_started = track_started
-        signature = inspect.signature(fn)
-        if bind:  # callers never pass the task itself
-            params = list(signature.parameters.values())[1:]
-            signature = signature.replace(parameters=params)
-        self._signature = signature
+        self.arguments = Arguments(name, fn, bind=bind)
         self.__doc__ = fn.__doc__
         self.__module__ = fn.__module__
         self.__qualname__ = getattr(fn, "__qualname__", name)
@@ -239,6 +237,7 @@ class Task(Generic[P, R]):
 
         Raises:
             TypeError: The arguments do not fit the function's signature.
+            ArgumentTypeError: An argument does not match its annotation (a TypeError too).
             SerializationError: An argument cannot be serialized (the message names it).
         """
         return self.apply_async(args, kwargs)
@@ -276,11 +275,12 @@ class Task(Generic[P, R]):
             ConfigurationError: An option has a bad value (both countdown and eta, a naive
                 datetime, a priority outside 0-9 ...).
             TypeError: The arguments do not fit the function's signature.
+            ArgumentTypeError: An argument does not match its annotation (a TypeError too).
             SerializationError: An argument cannot be serialized (the message names it).
         """
         call_args = tuple(args)
         call_kwargs = dict(kwargs or {})
-        self._check_signature(call_args, call_kwargs)
+        self.arguments.check(call_args, call_kwargs)
         # send_task finds this task by its name and applies its options.
         return self.app.send_task(
             self.name,
@@ -327,7 +327,7 @@ class Task(Generic[P, R]):
         built = []
         for call_args in calls:
             args = tuple(call_args)
-            self._check_signature(args, {})
+            self.arguments.check(args, {})
             built.append(Call.build(self.app, self, args, {}, {}))
         if self.app.conf.eager:
             from omnitask.testing.eager import run_eager
@@ -339,12 +339,6 @@ class Task(Generic[P, R]):
         for queue, items in by_queue.items():
             self.app.broker.enqueue(queue, items)
         return [AsyncResult(c.task_id, self.app, ignored=self.ignore_result) for c in built]
-
-    def _check_signature(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        try:
-            self._signature.bind(*args, **kwargs)
-        except TypeError as exc:
-            raise TypeError(f"task {self.name!r}: {exc}") from None
 
 
 class AsyncTask(Task[P, R]):

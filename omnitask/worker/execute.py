@@ -228,6 +228,11 @@ class Executor:
             detail = f"{type(exc).__name__}: {exc}"
             self._bury(queue, claimed.body, "undecodable", detail, envelope, task)
             return None
+        try:
+            args, kwargs = task.arguments.convert(args, kwargs)
+        except TypeError as exc:  # ArgumentTypeError too: this message cannot run, ever
+            self._bury(queue, claimed.body, "bad-arguments", str(exc), envelope, task)
+            return None
         return Request(
             id=envelope.id,
             task=envelope.task,
@@ -453,13 +458,23 @@ class Executor:
         dead_fields: list[str | bytes] | None = None,
     ) -> Claim | None:
         def step() -> tuple[bool, Claim | None]:
-            if not claim_next:
-                return self.broker.ack(queue, self.consumer, body, task_id, result, event)
-            with self.lock:  # it claims too: see __init__
-                held = self._held.get(queue, 0)
+            def ack(held: int) -> tuple[bool, Claim | None]:
                 return self.broker.ack(
-                    queue, self.consumer, body, task_id, result, event, claim_next, None, held
+                    queue,
+                    self.consumer,
+                    body,
+                    task_id,
+                    result,
+                    event,
+                    claim_next,
+                    dead_fields,
+                    held,
                 )
+
+            if not claim_next:
+                return ack(0)
+            with self.lock:  # it claims too: see __init__
+                return ack(self._held.get(queue, 0))
 
         held, claim = self._io(step)
         if not held:
@@ -639,6 +654,7 @@ _ERROR_FOR_REASON = {
     "undecodable": "SerializationError",
     "serializer-refused": "SerializationError",
     "max-deliveries": "WorkerLostError",
+    "bad-arguments": "ArgumentTypeError",
 }
 
 

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import redis
 
 from omnitask import OmniTask
@@ -19,7 +20,7 @@ def _log(value: str) -> None:
 
 @app.task
 async def add(x: int, y: int) -> int:
-    await anyio.sleep(0)
+    await anyio.lowlevel.checkpoint()
     return x + y
 
 
@@ -41,7 +42,7 @@ def block(seconds: float) -> str:
 
 @app.task
 async def fail(message: str) -> None:
-    await anyio.sleep(0)
+    await anyio.lowlevel.checkpoint()
     raise ValueError(message)
 
 

@@ -10,7 +10,8 @@ import anyio
 import pytest
 import redis
 
-from omnitask import SoftTimeLimitExceeded, TaskRevokedError, TimeLimitExceeded, TimeoutError
+import omnitask
+from omnitask import SoftTimeLimitExceeded, TaskRevokedError, TimeLimitExceeded
 from tests.apps import aio
 from tests.conftest import WorkerFactory, wait_for
 
@@ -159,7 +160,7 @@ def test_client_api_from_asyncio_and_trio(start_worker: WorkerFactory) -> None:
                 tg.start_soon(wait)
         assert sorted(values) == sorted(f"c{i}" for i in range(20))
         assert anyio.current_time() - started < 2.0
-        with pytest.raises(TimeoutError):
+        with pytest.raises(omnitask.TimeoutError):
             await aio.forever.delay("t").get_async(timeout=0.2)
         with anyio.move_on_after(0.2) as scope:  # a cancelled wait is just cancelled
             await aio.nap.delay(5.0).get_async()

@@ -1,0 +1,207 @@
+"""Checking a call's arguments against the task function's signature and annotations.
+
+At ``.delay()`` the arguments are checked, not changed: a wrong type raises
+:class:`~omnitask.errors.ArgumentTypeError` naming the task and the parameter, and nothing is
+sent. On the worker, an argument that is not already of its annotated type (a message sent by
+name from code that knows no types, say an ISO date string for a ``datetime`` parameter) is
+converted to it with msgspec; one that cannot be is refused before the task runs.
+
+Only annotations msgspec understands are checked (builtins, ``datetime``, ``UUID``,
+``Decimal``, enums, dataclasses, ``msgspec.Struct``, ``TypedDict``, containers, unions and
+``Literal`` of these ...); ``Any``, ``object``, other classes and annotations that cannot be
+resolved are not. An annotation naming a plain class passes any instance of it (so ``True``
+passes for ``int``, as type checkers agree).
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import msgspec.inspect
+
+from omnitask.errors import ArgumentTypeError
+
+__all__ = ("Arguments",)
+
+_SKIP = (Any, object, inspect.Parameter.empty)
+
+
+class _Param:
+    """One checked parameter: its annotation and how to test a value against it."""
+
+    __slots__ = ("annotation", "kind", "name", "plain")
+
+    def __init__(self, name: str, kind: inspect._ParameterKind, annotation: Any) -> None:
+        self.name = name
+        self.kind = kind
+        self.annotation = annotation
+        # A plain class is tested with isinstance (fast, and exact for enums, which msgspec
+        # converts from their values, not from their members).
+        self.plain = annotation if isinstance(annotation, type) else None
+
+    def fits(self, value: Any) -> bool:
+        """Whether ``value`` is acceptable as sent (no conversion)."""
+        if self.plain is not None:
+            return isinstance(value, self.plain) or (
+                self.plain is float and type(value) is int  # int is fine where float is
+            )
+        try:
+            msgspec.convert(msgspec.to_builtins(value), self.annotation, strict=True)
+        except msgspec.ValidationError:
+            return False
+        except TypeError:
+            return True  # a value msgspec cannot represent: not ours to judge
+        return True
+
+    def convert(self, value: Any) -> Any:
+        """``value`` as the annotated type, converting it if it is not one already."""
+        if self.plain is not None and isinstance(value, self.plain):
+            return value
+        try:
+            return msgspec.convert(value, self.annotation, strict=False)
+        except msgspec.ValidationError:
+            if self.plain is not None:
+                raise
+            # Enum members inside a container: msgspec converts enums from their values.
+            return msgspec.convert(msgspec.to_builtins(value), self.annotation, strict=False)
+
+
+class Arguments:
+    """The signature and checked annotations of one task's function (resolved on first use).
+
+    Args:
+        task_name: For error messages.
+        fn: The task's function.
+        bind: The function's first parameter is the task itself, never passed by callers.
+    """
+
+    def __init__(self, task_name: str, fn: Callable[..., Any], *, bind: bool) -> None:
+        """Read the signature now; resolve annotations on the first call."""
+        signature = inspect.signature(fn)
+        if bind:
+            params = list(signature.parameters.values())[1:]
+            signature = signature.replace(parameters=params)
+        self.signature = signature
+        self._task_name = task_name
+        self._fn = fn
+        self._params: dict[str, _Param] | None = None
+
+    def _resolved(self) -> dict[str, _Param]:
+        if self._params is None:
+            self._params = self._resolve()
+        return self._params
+
+    def _resolve(self) -> dict[str, _Param]:
+        # Resolved late so that an annotation may name a class defined after the function.
+        try:
+            hints = typing.get_type_hints(self._fn)
+        except Exception:  # noqa: BLE001 - a name only imported for type checkers: skip all
+            return {}
+        params = {}
+        for name, param in self.signature.parameters.items():
+            annotation = hints.get(name, inspect.Parameter.empty)
+            if annotation in _SKIP or not _understood(annotation):
+                continue
+            params[name] = _Param(name, param.kind, annotation)
+        return params
+
+    def check(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Check a call as ``.delay()`` receives it.
+
+        Raises:
+            TypeError: The arguments do not fit the signature (missing, unexpected ...).
+            ArgumentTypeError: An argument does not match its annotation.
+        """
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"task {self._task_name!r}: {exc}") from None
+        params = self._resolved()
+        if not params:
+            return
+        for name, value in bound.arguments.items():
+            param = params.get(name)
+            if param is None:
+                continue
+            for item, where in _items(param, value):
+                if not param.fits(item):
+                    raise ArgumentTypeError(self._mismatch(param, item, where))
+
+    def convert(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The arguments as a worker passes them: each converted to its annotated type.
+
+        Raises:
+            TypeError: The arguments do not fit the signature.
+            ArgumentTypeError: An argument cannot be converted to its annotated type.
+        """
+        params = self._resolved()
+        if not params:
+            return args, kwargs
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"task {self._task_name!r}: {exc}") from None
+        changed = False
+        for name, value in bound.arguments.items():
+            param = params.get(name)
+            if param is None:
+                continue
+            new = self._convert(param, value)
+            if new is not value:
+                bound.arguments[name] = new
+                changed = True
+        return (bound.args, bound.kwargs) if changed else (args, kwargs)
+
+    def _convert(self, param: _Param, value: Any) -> Any:
+        try:
+            if param.kind is inspect.Parameter.VAR_POSITIONAL:
+                return tuple(param.convert(v) for v in value)
+            if param.kind is inspect.Parameter.VAR_KEYWORD:
+                return {k: param.convert(v) for k, v in value.items()}
+            return param.convert(value)
+        except (msgspec.ValidationError, TypeError, ValueError) as exc:
+            raise ArgumentTypeError(
+                f"task {self._task_name!r}: argument {param.name!r} cannot be read as "
+                f"{_name(param.annotation)}: {exc}"
+            ) from None
+
+    def _mismatch(self, param: _Param, value: Any, where: str) -> str:
+        return (
+            f"task {self._task_name!r}: argument {param.name!r}{where} must be "
+            f"{_name(param.annotation)}, got {type(value).__name__} {_short(value)}"
+        )
+
+
+def _items(param: _Param, value: Any) -> list[tuple[Any, str]]:
+    """The values one parameter received, with where each sits (``*args`` / ``**kwargs``)."""
+    if param.kind is inspect.Parameter.VAR_POSITIONAL:
+        return [(v, f"[{i}]") for i, v in enumerate(value)]
+    if param.kind is inspect.Parameter.VAR_KEYWORD:
+        return [(v, f"[{k!r}]") for k, v in value.items()]
+    return [(value, "")]
+
+
+def _understood(annotation: Any) -> bool:
+    try:
+        info = msgspec.inspect.type_info(annotation)
+    except TypeError:
+        return False
+    # A plain class msgspec knows nothing of comes back as CustomType: not checked.
+    return not isinstance(info, msgspec.inspect.CustomType)
+
+
+def _name(annotation: Any) -> str:
+    if isinstance(annotation, type):
+        return annotation.__qualname__
+    return str(annotation).replace("typing.", "")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
