@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import redis
 
+from omnitask import ArgumentTypeError
 from omnitask.broker.keys import QueueKeys
 from omnitask.deadletters import DeadLetters
 from omnitask.dlq_cli import add_parser, run
@@ -26,6 +27,7 @@ pytestmark = pytest.mark.process
 
 GARBAGE = b"\x00garbage\xff"
 ADD = "tests.apps.basic.add"
+SHIFT = "tests.apps.basic.shift"
 
 
 @pytest.fixture(autouse=True)
@@ -308,3 +310,19 @@ def test_cli_purge_asks_first(
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
     assert dlq(capsys, "purge", *A, "-f")[1] == "deleted 2 dead letter(s)\n"
     assert DeadLetters(basic.app).count() == 0
+
+
+def test_arguments_of_the_wrong_type_sent_by_name_are_dead_lettered(
+    start_worker: WorkerFactory, dead: DeadLetters
+) -> None:
+    start_worker()
+    # send_task knows no annotations; the worker converts what it can and refuses the rest.
+    assert basic.app.send_task(ADD, (True, 2)).get(timeout=5) == 3
+    when = "2030-05-01T12:00:00+02:00"
+    point, back = basic.app.send_task(SHIFT, ({"x": 1, "y": 2}, when)).get(timeout=5)
+    assert point == basic.Point(2, 3) and back.isoformat() == when
+    refused = basic.app.send_task(ADD, ("one", 2))
+    with pytest.raises(ArgumentTypeError, match="argument 'x' cannot be read as int"):
+        refused.get(timeout=5)
+    (letter,) = dead.list(reason="bad-arguments")
+    assert letter.task_id == refused.id and "'x'" in letter.detail
