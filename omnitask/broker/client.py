@@ -29,7 +29,7 @@ from omnitask.config import Config, mask_url
 from omnitask.errors import BrokerConnectionError, BrokerUnavailable
 from omnitask.messages import now_ms
 
-__all__ = ("Broker", "Claim", "Claimed")
+__all__ = ("Ack", "Broker", "Claim", "Claimed")
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,16 @@ class Claim(NamedTuple):
     now_ms: int
     next_due_ms: int | None
     tasks: list[Claimed]
+
+
+class Ack(NamedTuple):
+    """One task to finish in :meth:`Broker.ack_many`: what :meth:`Broker.ack` takes."""
+
+    queue: str
+    body: bytes
+    task_id: str
+    result: tuple[bytes, int] | None
+    event: cmd.Command | None
 
 
 def _run_multi(client: redis.Redis, commands: Sequence[cmd.Command]) -> list[Any]:
@@ -334,6 +344,21 @@ class Broker:
         if isinstance(reply, Exception):
             return held, None  # logged by _multi; the caller claims on its own next
         return held, _parse_claim(reply)
+
+    def ack_many(self, consumer: str, acks: Sequence[Ack]) -> list[bool]:
+        """Finish several tasks in one MULTI, each as :meth:`ack` would (without a claim).
+
+        Returns, for each, whether the consumer still held it.
+        """
+        commands: list[cmd.Command] = []
+        results: list[cmd.Command] = []
+        firsts = []
+        for a in acks:
+            firsts.append(len(commands))  # its LREM, whose reply says whether it was held
+            commands += cmd.ack(self.keys.queue(a.queue), consumer, a.body, a.task_id, a.event)
+            results += self._result_commands(a.task_id, a.result)
+        replies = self._write(results, commands, essential=len(commands))
+        return [bool(replies[i]) for i in firsts]
 
     def _result_commands(self, task_id: str, result: tuple[bytes, int] | None) -> list[cmd.Command]:
         if result is None:

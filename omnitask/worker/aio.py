@@ -9,8 +9,10 @@ process is killed for them.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
+import socket
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -45,49 +47,99 @@ class AsyncRunner:
         backend: str,
         concurrency: int,
         terminations: Callable[[Sequence[str]], list[str]],
+        flush: Callable[[list[Any]], list[bool]],
     ) -> None:
-        """Start no thread yet; ``terminations`` filters running task ids to those revoked."""
+        """Start no thread yet.
+
+        ``terminations`` filters running task ids to those revoked with ``terminate=True``;
+        ``flush`` acknowledges a batch of finished tasks in Redis (called in a worker thread)
+        and says for each whether this consumer still held it.
+        """
         self._backend = backend
-        self._free = threading.Semaphore(concurrency)
-        self._reserved = False
+        self._slots = threading.Condition()
+        self._free = concurrency
+        self._reserved = 0  # main thread only
         self._terminations = terminations
+        self._flush = flush
         self._portal: BlockingPortal | None = None
         self._stack = contextlib.ExitStack()
-        self._running: dict[str, anyio.CancelScope] = {}  # loop thread only
-        self._cancelled: dict[str, str] = {}  # task id -> CancelReason; loop thread only
+        # Loop thread only:
+        self._running: dict[str, anyio.CancelScope] = {}
+        self._cancelled: dict[str, str] = {}  # task id -> CancelReason
+        self._acks: list[tuple[Any, list[bool], anyio.Event]] = []
+        self._acks_waiting: anyio.Event | None = None
+        self._inbox: collections.deque[tuple[str, Callable[..., Awaitable[None]]]] = (
+            collections.deque()
+        )
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._wake_sent = False
         self._idle = threading.Event()
         self._idle.set()
         self._count = 0
         self._count_lock = threading.Lock()
 
     @property
-    def reserved(self) -> bool:
-        """Whether the main thread holds a free slot for the task it claims next."""
+    def reserved(self) -> int:
+        """Free slots the main thread holds for the tasks it claims next."""
         return self._reserved
 
-    def reserve(self) -> None:
-        """Wait for a free slot, so that whatever is claimed next has room to run."""
-        self._free.acquire()
-        self._reserved = True
+    def reserve(self, most: int) -> int:
+        """Wait for a free slot, then hold up to ``most`` (at least one); return how many.
+
+        Whatever is claimed next then has room to run.
+        """
+        with self._slots:
+            while not self._free:
+                self._slots.wait()
+            taken = min(self._free, max(most, 1))
+            self._free -= taken
+        self._reserved += taken
+        return taken
 
     def unreserve(self) -> None:
-        """Give back the slot reserved by :meth:`reserve`, when it was not used."""
+        """Give back the slots held by :meth:`reserve` and not used."""
         if self._reserved:
-            self._reserved = False
-            self._free.release()
+            with self._slots:
+                self._free += self._reserved
+                self._slots.notify()
+            self._reserved = 0
 
     def submit(self, task_id: str, run: Callable[[anyio.CancelScope], Awaitable[None]]) -> None:
-        """Run ``run(scope)`` on the loop in the slot reserved for it; return at once.
+        """Run ``run(scope)`` on the loop in a slot reserved for it; return at once.
 
         ``run`` owns the task's cancel scope: the runner cancels it for a revoke with
         ``terminate=True`` or at the end of a warm shutdown (see :meth:`cancel_reason`).
         """
         assert self._reserved, "submit() needs a slot from reserve()"
-        self._reserved = False
+        self._reserved -= 1
         with self._count_lock:
             self._count += 1
             self._idle.clear()
-        self._started().start_task_soon(self._guard, task_id, run)
+        self._started()
+        self._inbox.append((task_id, run))
+        if not self._wake_sent:
+            # One byte wakes the loop's intake; it clears the flag before it empties the inbox,
+            # so a task appended after that sends another. The main thread never waits on the
+            # loop, however busy the loop is.
+            self._wake_sent = True
+            with contextlib.suppress(BlockingIOError):  # full: a wake-up is pending anyway
+                self._wake_w.send(b"\0")
+
+    async def ack(self, item: Any) -> bool:
+        """Acknowledge a finished task with others finishing about now, in one round trip.
+
+        Returns whether this consumer still held it. While one batch is on its way to Redis,
+        the next one gathers: the busier the loop, the larger the batches.
+        """
+        held: list[bool] = []
+        done = anyio.Event()
+        self._acks.append((item, held, done))
+        if self._acks_waiting is not None:
+            self._acks_waiting.set()
+        await done.wait()
+        return bool(held and held[0])
 
     def cancel_reason(self, task_id: str) -> str | None:
         """Why the runner cancelled ``task_id``'s scope, or None if it did not (a time limit)."""
@@ -112,6 +164,8 @@ class AsyncRunner:
         # cancellation, which is then handed back too).
         self._portal.call(self._portal.stop, True)
         self._stack.close()
+        self._wake_r.close()
+        self._wake_w.close()
         self._portal = None
 
     # -- on the loop ------------------------------------------------------------------------
@@ -121,8 +175,23 @@ class AsyncRunner:
             self._portal = self._stack.enter_context(
                 start_blocking_portal(self._backend, name="omnitask-async")
             )
-            self._portal.start_task_soon(self._watch_terminations)
+            self._portal.start_task_soon(self._intake)
         return self._portal
+
+    async def _intake(self) -> None:
+        """Start the tasks the main thread submits, and the runner's own two loops."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._watch_terminations)
+            tg.start_soon(self._flush_acks)
+            while True:
+                await anyio.wait_readable(self._wake_r)
+                with contextlib.suppress(BlockingIOError):
+                    while self._wake_r.recv(4096):
+                        pass
+                self._wake_sent = False
+                while self._inbox:
+                    task_id, run = self._inbox.popleft()
+                    tg.start_soon(self._guard, task_id, run)
 
     async def _guard(
         self, task_id: str, run: Callable[[anyio.CancelScope], Awaitable[None]]
@@ -139,11 +208,31 @@ class AsyncRunner:
         finally:
             del self._running[task_id]
             self._cancelled.pop(task_id, None)
-            self._free.release()
+            with self._slots:
+                self._free += 1
+                self._slots.notify()
             with self._count_lock:
                 self._count -= 1
                 if not self._count:
                     self._idle.set()
+
+    async def _flush_acks(self) -> None:
+        while True:
+            if not self._acks:
+                self._acks_waiting = anyio.Event()
+                await self._acks_waiting.wait()
+                continue
+            batch, self._acks = self._acks, []
+            try:
+                held = await anyio.to_thread.run_sync(self._flush, [item for item, _, _ in batch])
+            except Exception:
+                # Not acknowledged: the tasks stay in flight and are handed back to the queue
+                # when this child exits. (flush itself retries while Redis is unreachable.)
+                logger.exception("acknowledging %d async task(s) failed", len(batch))
+                held = []
+            for (_, box, done), was_held in zip(batch, held or [False] * len(batch), strict=True):
+                box.append(was_held)
+                done.set()
 
     def _cancel_all(self) -> None:
         for task_id, scope in self._running.items():

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from omnitask.app import OmniTask
     from omnitask.broker.client import Claim
 
-__all__ = ("IDLE_WAIT_MAX_S", "RECYCLE_EXIT", "Child")
+__all__ = ("CLAIM_BATCH_MAX", "IDLE_WAIT_MAX_S", "RECYCLE_EXIT", "Child")
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,9 @@ T = TypeVar("T")
 
 IDLE_WAIT_MAX_S = 5.0
 """Longest block on the wake list: a safety net only, since every enqueue wakes a waiter."""
+
+CLAIM_BATCH_MAX = 64
+"""Most tasks one claim takes for the event loop (only while the tasks claimed are async)."""
 
 RECYCLE_EXIT = 75
 """Exit code of a child that stops because it has done its share (recycling), not a crash."""
@@ -104,8 +107,8 @@ class Child:
         self.app.signals.worker_process_init.send(
             WorkerInfo(self.worker, self.queues, os.getpid(), self.consumer)
         )
-        runner = self._async_runner()
-        executor = Executor(self.app, self.consumer, self._retrying, self.slot, runner=runner)
+        executor = Executor(self.app, self.consumer, self._retrying, self.slot)
+        runner = executor.runner = self._async_runner(executor)
         try:
             with contextlib.suppress(_Stop):
                 self._loop(executor)
@@ -121,12 +124,17 @@ class Child:
                 self.slot.mark_recycling()
             raise SystemExit(RECYCLE_EXIT)
 
-    def _async_runner(self) -> AsyncRunner | None:
+    def _async_runner(self, executor: Executor) -> AsyncRunner | None:
         """The event loop thread for async tasks, when the app has any (started on use)."""
         if not any(task.is_async for task in self.app.tasks.values()):
             return None
         conf = self.app.conf
-        return AsyncRunner(conf.async_backend, conf.async_concurrency, self.app.broker.to_terminate)
+        return AsyncRunner(
+            conf.async_backend,
+            conf.async_concurrency,
+            self.app.broker.to_terminate,
+            executor.flush_acks,
+        )
 
     def _on_term(self, signum: int, frame: FrameType | None) -> None:
         self._stopping = True
@@ -137,10 +145,11 @@ class Child:
         claim: Claim | None = None
         queue = self.queues[0]
         runner = executor.runner
+        batch = 1  # tasks per claim: grows while they are async, back to 1 at a sync one
         while not self._stopping and not self._recycle_due():
             if runner is not None and not runner.reserved:
                 # Whatever is claimed next may be async: claim only with room to run it.
-                runner.reserve()
+                runner.reserve(batch)
                 continue  # a SIGTERM may have come while waiting
             if claim is not None and not claim.tasks:
                 # The ack's own claim found the queue empty (atomically): block right away
@@ -149,20 +158,35 @@ class Child:
                 claim = None
                 continue
             if claim is None:
-                queue, claim = self._claim_any(executor)
+                n = min(batch, runner.reserved, self._quota()) if runner else 1
+                queue, claim = self._claim_any(executor, n)
                 if not claim.tasks:
                     self._idle(claim)
                     claim = None
                     continue
-            self._busy = True
-            try:
-                # Ack and the next claim travel together when there is one queue to serve.
-                last = self._stopping or self._last_before_recycling()
-                more = 1 if len(self.queues) == 1 and not last else 0
-                claim = executor.handle(queue, claim.tasks[0], more)
-                self._done += 1
-            finally:
-                self._busy = False
+            tasks, claim = claim.tasks, None
+            for i, claimed in enumerate(tasks):
+                if self._stopping:
+                    break  # the rest stay in flight and are handed back when this child exits
+                reserved = runner.reserved if runner else 0
+                self._busy = True
+                try:
+                    # Ack and the next claim travel together when there is one queue to serve
+                    # and room for what it claims.
+                    last = self._stopping or self._last_before_recycling()
+                    more = i == len(tasks) - 1 and len(self.queues) == 1 and not last
+                    claim = executor.handle(queue, claimed, 1 if more else 0) or claim
+                    self._done += 1
+                finally:
+                    self._busy = False
+                if runner is not None:
+                    ran_async = runner.reserved < reserved
+                    batch = min(batch * 2, CLAIM_BATCH_MAX) if ran_async else 1
+
+    def _quota(self) -> int:
+        """Tasks this child may still claim before it is recycled."""
+        limit = self.app.conf.max_tasks_per_child
+        return max(limit - self._done, 1) if limit else CLAIM_BATCH_MAX
 
     def _last_before_recycling(self) -> bool:
         limit = self.app.conf.max_tasks_per_child
@@ -184,7 +208,7 @@ class Child:
                 return True
         return False
 
-    def _claim_any(self, executor: Executor) -> tuple[str, Claim]:
+    def _claim_any(self, executor: Executor, n: int = 1) -> tuple[str, Claim]:
         """Claim from the queues in turn, starting after the last one served (fairness).
 
         With nothing to claim anywhere, the claim returned carries the earliest due time of
@@ -195,7 +219,7 @@ class Child:
         claim: Claim | None = None
         for i in range(count):
             queue = self.queues[(self._next_queue + i) % count]
-            claim = self._retrying(partial(executor.claim, queue))
+            claim = self._retrying(partial(executor.claim, queue, n))
             if claim.tasks:
                 self._next_queue = (self._next_queue + i + 1) % count
                 return queue, claim

@@ -21,7 +21,7 @@ import msgspec
 
 from omnitask import failure
 from omnitask.broker import commands as cmd
-from omnitask.broker.client import Claimed
+from omnitask.broker.client import Ack, Claimed
 from omnitask.context import CURRENT_REQUEST, Outcome, Request
 from omnitask.errors import (
     MaxRetriesExceededError,
@@ -116,10 +116,10 @@ class Executor:
     def _event(self, kind: str, *fields: str) -> cmd.Command | None:
         return cmd.event(self._events_key, self._maxlen, kind, *fields) if self._maxlen else None
 
-    def claim(self, queue: str) -> Claim:
-        """Claim the next task of ``queue`` for this consumer."""
+    def claim(self, queue: str, n: int = 1) -> Claim:
+        """Claim the next ``n`` tasks of ``queue`` for this consumer."""
         with self.lock:
-            return self.broker.claim(queue, self.consumer, 1, self._held.get(queue, 0))
+            return self.broker.claim(queue, self.consumer, n, self._held.get(queue, 0))
 
     def handle(self, queue: str, claimed: Claimed, claim_next: int) -> Claim | None:
         """Run one claimed message to its outcome; return the next claim if one was made."""
@@ -269,13 +269,24 @@ class Executor:
     def _succeeded(
         self, run: _Run, request: Request, value: Any, runtime: float, claim_next: int
     ) -> Claim | None:
-        queue, body, envelope, task = run
-        codec = get_serializer(task.serializer)
         try:
-            encoded = None if task.ignore_result else encode_result(codec, task.name, value)
+            ack = self._success_ack(run, value, runtime)
         except SerializationError as exc:
             # The body ran and its side effects happened: running it again cannot help.
             return self._fail(run, request, exc, runtime, claim_next)
+        claim = self._ack(run.queue, run.body, ack.task_id, ack.result, ack.event, claim_next)
+        self._success_signals(request, value, runtime)
+        return claim
+
+    def _success_ack(self, run: _Run, value: Any, runtime: float) -> Ack:
+        """What acknowledges a successful run: its result record and task-succeeded event.
+
+        Raises:
+            SerializationError: The return value cannot be encoded.
+        """
+        queue, body, envelope, task = run
+        codec = get_serializer(task.serializer)
+        encoded = None if task.ignore_result else encode_result(codec, task.name, value)
         record = ResultRecord(
             TaskState.SUCCESS.value,
             now_ms(),
@@ -291,11 +302,12 @@ class Executor:
         )
         ttl_ms = int(task.result_ttl_s * 1000)
         result = None if task.ignore_result else (self._record_bytes(record), ttl_ms)
-        claim = self._ack(queue, body, envelope.id, result, event, claim_next)
+        return Ack(queue, body, envelope.id, result, event)
+
+    def _success_signals(self, request: Request, value: Any, runtime: float) -> None:
         outcome = Outcome(request, TaskState.SUCCESS.value, result=value, runtime_s=runtime)
         self.app.signals.task_success.send(outcome)
         self.app.signals.task_postrun.send(outcome)
-        return claim
 
     def _limits(self, task: Task[Any, Any], envelope: Envelope) -> tuple[float | None, ...]:
         """The hard and soft time limits of a run: per call, else the task's, else the app's."""
@@ -376,8 +388,30 @@ class Executor:
         except Exception as exc:  # noqa: BLE001 - the task's failure is data, not our error
             step = partial(self._failed, run, request, exc, time.perf_counter() - start, 0)
         else:
-            step = partial(self._succeeded, run, request, value, time.perf_counter() - start, 0)
+            runtime = time.perf_counter() - start
+            if self.runner is not None:
+                try:
+                    ack = self._success_ack(run, value, runtime)
+                except SerializationError as exc:
+                    step = partial(self._fail, run, request, exc, runtime, 0)
+                else:
+                    # The hot path: acknowledged in a batch with other tasks of this loop.
+                    if not await self.runner.ack(ack):
+                        _warn_not_held(ack.task_id)
+                    self._success_signals(request, value, runtime)
+                    return
+            else:
+                step = partial(self._succeeded, run, request, value, runtime, 0)
         await anyio.to_thread.run_sync(self._finish_async, run.queue, step)
+
+    def flush_acks(self, acks: list[Ack]) -> list[bool]:
+        """Acknowledge finished async tasks in one step (from a worker thread)."""
+        with self.lock:
+            try:
+                return self._io(lambda: self.broker.ack_many(self.consumer, acks))  # type: ignore[no-any-return]
+            finally:
+                for ack in acks:
+                    self._held[ack.queue] -= 1
 
     async def _call_async(self, run: _Run, request: Request, scope: anyio.CancelScope) -> Any:
         """Await the task's coroutine inside ``scope``, with the time limits as its deadline.
@@ -478,9 +512,7 @@ class Executor:
 
         held, claim = self._io(step)
         if not held:
-            logger.warning(
-                "task finished after its lease expired; it may run again elsewhere id=%s", task_id
-            )
+            _warn_not_held(task_id)
         return claim  # type: ignore[no-any-return]
 
     def _fields(self, envelope: Envelope, queue: str) -> tuple[str, ...]:
@@ -660,6 +692,12 @@ _ERROR_FOR_REASON = {
 
 _MSGPACK = get_serializer("msgpack")
 _PICKLE = get_serializer("cloudpickle")
+
+
+def _warn_not_held(task_id: str) -> None:
+    logger.warning(
+        "task finished after its lease expired; it may run again elsewhere id=%s", task_id
+    )
 
 
 def _ms_to_s(ms: int | None) -> float | None:
