@@ -176,6 +176,11 @@ class Task(Generic[P, R]):
         )
         signer = self.app.signer
         data = encode_result_record(signer.sign(record) if signer else record)
+        if self.app.conf.eager:  # no Redis in eager mode: the EagerResult keeps the state
+            from omnitask.testing.eager import record_progress
+
+            record_progress(tid, data)
+            return
         fields = ("i", tid, "n", self.name, "state", state)
         self.app.broker.progress(tid, data, int(self.result_ttl_s * 1000), fields)
 

@@ -26,7 +26,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from omnitask import failure
 from omnitask.context import CURRENT_REQUEST, Outcome, Request
-from omnitask.errors import MaxRetriesExceededError, ResultIgnoredError, SerializationError
+from omnitask.errors import (
+    ArgumentTypeError,
+    MaxRetriesExceededError,
+    ResultIgnoredError,
+    SerializationError,
+)
 from omnitask.errors import TimeoutError as ResultTimeoutError
 from omnitask.messages import (
     Envelope,
@@ -237,7 +242,9 @@ def _run(
         try:
             # Decoded again for every run, as each delivery of a retried message is.
             args, kwargs = decode_call(get_serializer(envelope.serializer), envelope.payload)
-        except SerializationError as exc:
+            # As on a worker: each argument as its annotated type, or refused.
+            args, kwargs = task.arguments.convert(args, kwargs)
+        except (SerializationError, ArgumentTypeError) as exc:
             # A worker dead-letters such a message and fails its result with this error.
             return _error_record(TaskState.FAILURE.value, task, exc, retries, None)
         request = Request(

@@ -343,10 +343,6 @@ def test_signed_app_and_cloudpickle() -> None:
     assert apply.delay(lambda v: v * 2, 21).get() == 42
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs Task.update_state to call omnitask.testing.eager.record_progress when eager",
-)
 def test_progress_is_kept_in_memory() -> None:
     result = reports.delay()
     assert result.get() == "done"
