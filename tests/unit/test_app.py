@@ -18,13 +18,17 @@ from tests.apps import basic
 
 
 def test_public_api_is_exported() -> None:
-    public = {
-        name
-        for name, value in vars(omnitask).items()
-        if not name.startswith("_") and not inspect.ismodule(value)
-    }
-    assert set(omnitask.__all__) == public | {"__version__"}
-    assert all(getattr(omnitask, name) is not None for name in omnitask.__all__)
+    lazy = set(omnitask._WHERE)
+    assert set(omnitask.__all__) == lazy | {"__version__"}
+    for name in omnitask.__all__:
+        value = getattr(omnitask, name)
+        assert value is not None and getattr(value, "__name__", name) == name
+    # The names type checkers see are the ones that load at run time.
+    source = inspect.getsource(omnitask)
+    checked = source.split("if TYPE_CHECKING:")[1].split("_WHERE")[0]
+    assert all(f" {name}," in checked or f" {name}\n" in checked for name in lazy)
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        omnitask.Nope  # noqa: B018
 
 
 def test_settings_typed_dict_matches_config() -> None:
