@@ -38,7 +38,8 @@ as in the text, and a block may write ``from tasks import app``.
 **Workers.** A page with a block marked ``worker`` gets one worker, started right before that
 block runs: ``python -m omnitask worker -A tasks -c 1 -Q <queues>`` on ``<tmp>/tasks.py``
 (``<queues>``: every queue the file's tasks are declared with, and the default), a file that
-holds the *definitions* of every block of the page that runs: their imports, ``def``,
+holds the *definitions* of every block of the page that runs: their imports (but
+``from tasks import ...``, which would be the file importing itself), ``def``,
 ``async def`` and ``class`` statements, and their assignments of a literal or of a call that
 does not send or wait (no ``.delay``, ``.apply_async``, ``.apply_at``, ``.delay_many``,
 ``.send_task``, ``.get``, ``.revoke``, ``.forget`` or ``.AsyncResult`` in it): ``app =
@@ -285,7 +286,11 @@ _SEND_OR_WAIT = frozenset(
 
 def _defines(node: ast.stmt) -> bool:
     """Whether the worker's copy of the page keeps this top-level statement."""
-    if isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef)):
+    if isinstance(node, ast.ImportFrom):
+        return node.module != MODULE  # the page's own module imports nothing from itself
+    if isinstance(node, ast.Import):
+        return all(alias.name != MODULE for alias in node.names)
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
         return True
     if isinstance(node, ast.ClassDef):
         return True
