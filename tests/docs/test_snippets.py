@@ -383,6 +383,10 @@ def test_page(page: Path, redis_url: str, tmp_path: Path, monkeypatch: pytest.Mo
             with _as_main(module.__dict__, path):
                 for block in runnable[split:]:
                     _run(block, module.__dict__, redis_url)
+        except BaseException:
+            if worker is not None:  # shown by pytest with the failure
+                print("--- the docs worker's output ---", *worker.lines, sep="\n")
+            raise
         finally:
             if worker is not None:
                 worker.kill()
