@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from omnitask.app import OmniTask
+    from omnitask.canvas import Chain, Chord, Group, GroupResult, Signature, chain, chord, group
     from omnitask.context import Outcome, Request, WorkerInfo
     from omnitask.errors import (
         ArgumentTypeError,
@@ -38,6 +39,14 @@ _WHERE = {
     "ArgumentTypeError": "omnitask.errors",
     "AsyncResult": "omnitask.result",
     "AsyncTask": "omnitask.task",
+    "Chain": "omnitask.canvas",
+    "Chord": "omnitask.canvas",
+    "Group": "omnitask.canvas",
+    "GroupResult": "omnitask.canvas",
+    "Signature": "omnitask.canvas",
+    "chain": "omnitask.canvas",
+    "chord": "omnitask.canvas",
+    "group": "omnitask.canvas",
     "BrokerConnectionError": "omnitask.errors",
     "BrokerUnavailable": "omnitask.errors",
     "ConfigurationError": "omnitask.errors",
@@ -73,9 +82,13 @@ __all__ = (
     "AsyncTask",
     "BrokerConnectionError",
     "BrokerUnavailable",
+    "Chain",
+    "Chord",
     "ConfigurationError",
     "Event",
     "EventKind",
+    "Group",
+    "GroupResult",
     "MaxRetriesExceededError",
     "MessageError",
     "OmniTask",
@@ -86,6 +99,7 @@ __all__ = (
     "Retry",
     "RetryPolicy",
     "SerializationError",
+    "Signature",
     "SoftTimeLimitExceeded",
     "Task",
     "TaskFailed",
@@ -97,6 +111,9 @@ __all__ = (
     "WorkerInfo",
     "WorkerLostError",
     "__version__",
+    "chain",
+    "chord",
+    "group",
 )
 
 

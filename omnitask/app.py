@@ -27,6 +27,7 @@ import redis
 from omnitask import awaiting
 from omnitask.broker.client import Broker
 from omnitask.broker.keys import Keyspace, check_name
+from omnitask.canvas import GATHER_TASK, Signature, gather, links
 from omnitask.config import Config, load_config, mask_url
 from omnitask.deadletters import DeadLetters
 from omnitask.errors import BrokerConnectionError, ConfigurationError, TaskNotRegisteredError
@@ -170,6 +171,8 @@ class OmniTask:
             self._settings["result_backend"] = result_backend
         self.conf: Config = load_config(self._settings)
         self.tasks: dict[str, Task[Any, Any]] = {}
+        # A chord whose body is not a single task joins through this one (see omnitask.canvas).
+        self.task(name=GATHER_TASK)(gather)
         self.signals = Signals()
         self.events = EventStream(self)
         self._broker: Broker | None = None
@@ -423,6 +426,8 @@ class OmniTask:
         task_id: str | None = None,
         time_limit: float | timedelta | None = None,
         soft_time_limit: float | timedelta | None = None,
+        link: Signature[Any] | Sequence[Signature[Any]] | None = None,
+        link_error: Signature[Any] | Sequence[Signature[Any]] | None = None,
     ) -> AsyncResult[Any]:
         """Send a task by name, without importing its function.
 
@@ -440,7 +445,8 @@ class OmniTask:
             "soft_time_limit": soft_time_limit,
         }
         task = self.tasks.get(name)
-        call = Call.build(self, task or name, tuple(args), dict(kwargs or {}), opts)
+        follow = links(link, link_error) if link is not None or link_error is not None else None
+        call = Call.build(self, task or name, tuple(args), dict(kwargs or {}), opts, follow)
         if self.conf.eager:
             from omnitask.testing.eager import run_eager  # only eager apps pay for the import
 

@@ -173,9 +173,9 @@ def _banner(app: OmniTask, name: str, queues: Sequence[str], concurrency: int) -
         f"  concurrency: {concurrency} processes",
         f"  lease:       {conf.lease_s:g} s",
         "  tasks:",
-        *(f"    . {name}" for name in sorted(app.tasks)),
+        *(f"    . {name}" for name in sorted(app.tasks) if not name.startswith("omnitask.")),
     ]
-    if not app.tasks:
+    if not any(not name.startswith("omnitask.") for name in app.tasks):
         lines.append("    (none registered: check -A and include=)")
     return "\n".join(lines)
 

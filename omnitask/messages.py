@@ -48,6 +48,9 @@ class Envelope(msgspec.Struct, array_like=True, frozen=True, omit_defaults=True)
         time_limit_ms: Hard time limit of this call, overriding the task's.
         soft_time_limit_ms: Soft time limit of this call, overriding the task's.
         sig: HMAC-SHA256 of the envelope without it, when the app has a ``secret_key``.
+        canvas: What follows the task in a workflow (chain steps, a chord to report to, links),
+            encoded by ``omnitask.canvas``; None for a lone task. After ``sig`` because it was
+            added later: fields are only ever appended.
     """
 
     v: int
@@ -63,6 +66,7 @@ class Envelope(msgspec.Struct, array_like=True, frozen=True, omit_defaults=True)
     time_limit_ms: int | None = None
     soft_time_limit_ms: int | None = None
     sig: bytes | None = None
+    canvas: bytes | None = None
 
 
 class ResultRecord(msgspec.Struct, array_like=True, frozen=True, omit_defaults=True):

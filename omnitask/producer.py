@@ -12,7 +12,10 @@ from omnitask.messages import PROTOCOL_VERSION, Envelope, encode_envelope, now_m
 from omnitask.serialization import encode_call, get_serializer
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from omnitask.app import OmniTask
+    from omnitask.canvas import Signature
     from omnitask.task import Task
 
 __all__ = ("Call", "OptionsLike", "check_priority", "new_task_id", "seconds")
@@ -31,6 +34,8 @@ class OptionsLike(TypedDict, total=False):
     task_id: str | None
     time_limit: float | timedelta | None
     soft_time_limit: float | timedelta | None
+    link: Signature[Any] | Sequence[Signature[Any]] | None
+    link_error: Signature[Any] | Sequence[Signature[Any]] | None
 
 
 def new_task_id() -> str:
@@ -92,10 +97,12 @@ class Call(NamedTuple):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         options: OptionsLike,
+        canvas: bytes | None = None,
     ) -> Call:
         """Check ``options`` against the task's defaults and encode the call.
 
-        ``task`` is a Task, or a task name (``send_task``) that uses the app's defaults.
+        ``task`` is a Task, or a task name (``send_task``) that uses the app's defaults;
+        ``canvas`` is what follows it in a workflow (see ``omnitask.canvas``).
 
         Raises:
             ConfigurationError: An option has a bad value.
@@ -135,6 +142,7 @@ class Call(NamedTuple):
             expires_ms=expires_ms,
             time_limit_ms=_limit_ms("time_limit", options.get("time_limit")),
             soft_time_limit_ms=_limit_ms("soft_time_limit", options.get("soft_time_limit")),
+            canvas=canvas,
         )
         signer = app.signer
         if signer is not None:

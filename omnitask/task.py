@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from omnitask import awaiting
 from omnitask.arguments import Arguments
+from omnitask.canvas import Signature
 from omnitask.context import CURRENT_REQUEST, Request
 from omnitask.errors import ConfigurationError
 from omnitask.messages import ResultRecord, encode_result_record, now_ms
@@ -260,6 +261,8 @@ class Task(Generic[P, R]):
         task_id: str | None = None,
         time_limit: float | timedelta | None = None,
         soft_time_limit: float | timedelta | None = None,
+        link: Signature[Any] | Sequence[Signature[Any]] | None = None,
+        link_error: Signature[Any] | Sequence[Signature[Any]] | None = None,
     ) -> AsyncResult[R]:
         """Send the task with per-call options.
 
@@ -275,6 +278,8 @@ class Task(Generic[P, R]):
             task_id: Use this id instead of a new random one.
             time_limit: Hard time limit of this call (seconds), overriding the task's.
             soft_time_limit: Soft time limit of this call, overriding the task's.
+            link: Signature(s) to run with the result when the task succeeds.
+            link_error: Signature(s) to run with the task's id when it fails for good.
 
         Raises:
             ConfigurationError: An option has a bad value (both countdown and eta, a naive
@@ -299,7 +304,20 @@ class Task(Generic[P, R]):
             task_id=task_id,
             time_limit=time_limit,
             soft_time_limit=soft_time_limit,
+            link=link,
+            link_error=link_error,
         )
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature[R]:
+        """A signature of this task for a workflow: in a chain, the previous result comes first.
+
+        Its arguments are checked when the workflow is sent, with what comes before them.
+        """
+        return Signature(self, args, kwargs)
+
+    def si(self, *args: P.args, **kwargs: P.kwargs) -> Signature[R]:
+        """An immutable signature: in a workflow it runs with exactly these arguments."""
+        return Signature(self, args, kwargs, immutable=True)
 
     async def delay_async(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
         """The awaitable form of :meth:`delay`, for asyncio and trio code.

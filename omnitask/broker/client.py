@@ -61,6 +61,7 @@ class Ack(NamedTuple):
     task_id: str
     result: tuple[bytes, int] | None
     event: cmd.Command | None
+    extra: Sequence[cmd.Command] = ()
 
 
 def _run_multi(client: redis.Redis, commands: Sequence[cmd.Command]) -> list[Any]:
@@ -314,20 +315,24 @@ class Broker:
         claim_next: int = 0,
         dead_fields: Sequence[str | bytes] | None = None,
         still_held: int = 0,
+        extra: Sequence[cmd.Command] = (),
+        extra_results: Sequence[cmd.Command] = (),
     ) -> tuple[bool, Claim | None]:
         """Finish a task (store its result record with a TTL in ms) and claim the next ones.
 
         Returns whether the consumer still held the task (False: its lease expired and the task
         went to another worker) and, when ``claim_next`` > 0, the claim made in the same step.
         ``still_held`` is how many other tasks of ``queue`` the consumer holds (see claim).
+        ``extra`` commands (what follows the task in a workflow) and ``extra_results`` (results
+        it decides) join the same step.
         """
         qk = self.keys.queue(queue)
-        result_cmds = self._result_commands(task_id, result)
+        result_cmds = [*self._result_commands(task_id, result), *extra_results]
         dead = None
         if dead_fields is not None:
             oldest_ms = now_ms() - int(self.config.dead_letter_max_age_s * 1000)
             dead = (self.config.dead_letter_maxlen, oldest_ms, dead_fields)
-        commands = cmd.ack(qk, consumer, body, task_id, final_event, dead)
+        commands = [*cmd.ack(qk, consumer, body, task_id, final_event, dead), *extra]
         if not (claim_next and self.shared_results):
             held = bool(self._write(result_cmds, commands, essential=1)[0])
             return held, (
@@ -356,6 +361,7 @@ class Broker:
         for a in acks:
             firsts.append(len(commands))  # its LREM, whose reply says whether it was held
             commands += cmd.ack(self.keys.queue(a.queue), consumer, a.body, a.task_id, a.event)
+            commands += a.extra
             results += self._result_commands(a.task_id, a.result)
         replies = self._write(results, commands, essential=len(commands))
         return [bool(replies[i]) for i in firsts]

@@ -20,6 +20,7 @@ touches both tags in one step, which needs a single Redis server; Cluster is not
 | ``P:{A}:queues`` | SET | names of the queues the app has used | its queues |
 | ``P:{A}:revoked`` | ZSET | revoked task ids, score = when the revocation lapses (server ms) | pruned on each revoke |
 | ``P:{A}:terminate`` | ZSET | revoked task ids whose running process must be killed, same scores | pruned on each revoke |
+| ``P:{A}:chord:<id>`` | HASH | a chord: header size, its callback's envelope and queue, results so far (``lua/join.lua``) | result TTL; deleted when the callback succeeds |
 | ``P:{A}:workers`` | ZSET | live worker names, score = last heartbeat (unix ms) | pruned by heartbeats |
 
 Envelopes sit inline in the ready lists (about 100 bytes of Redis memory each) instead of a
@@ -119,3 +120,7 @@ class Keyspace:
     def state(self, task_id: str) -> str:
         """The string that holds a task's latest non-final state."""
         return f"{self._app_base}:s:{task_id}"
+
+    def chord(self, chord_id: str) -> str:
+        """The hash where a chord's header results gather (see ``lua/join.lua``)."""
+        return f"{self._app_base}:chord:{chord_id}"

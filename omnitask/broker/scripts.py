@@ -14,6 +14,7 @@ from importlib import resources
 __all__ = (
     "BURY",
     "CLAIM",
+    "JOIN",
     "RENEW",
     "REQUEUE",
     "RETRY",
@@ -55,4 +56,5 @@ REVOKE = _load("revoke")
 SETTLE = _load("settle")
 BURY = _load("bury")
 REVIVE = _load("revive")
-SCRIPTS: tuple[Script, ...] = (CLAIM, REQUEUE, RENEW, RETRY, BURY, REVIVE, REVOKE, SETTLE)
+JOIN = _load("join")
+SCRIPTS: tuple[Script, ...] = (CLAIM, REQUEUE, RENEW, RETRY, BURY, REVIVE, REVOKE, SETTLE, JOIN)

@@ -11,7 +11,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
@@ -19,14 +19,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 import anyio
 import msgspec
 
-from omnitask import failure
+from omnitask import canvas, failure
 from omnitask.broker import commands as cmd
 from omnitask.broker.client import Ack, Claimed
 from omnitask.context import CURRENT_REQUEST, Outcome, Request
 from omnitask.errors import (
     MaxRetriesExceededError,
     MessageError,
-    SerializationError,
     SoftTimeLimitExceeded,
     TimeLimitExceeded,
 )
@@ -34,12 +33,14 @@ from omnitask.messages import (
     Envelope,
     ResultRecord,
     decode_envelope,
+    decode_result,
     encode_envelope,
     encode_result_record,
     ms_to_datetime,
     now_ms,
 )
 from omnitask.result import TaskState
+from omnitask.result import _value as result_value
 from omnitask.retry import Retry
 from omnitask.serialization import decode_call, encode_result, get_serializer
 from omnitask.worker.aio import AsyncRunner, CancelReason, run_coroutine_here
@@ -228,6 +229,11 @@ class Executor:
             detail = f"{type(exc).__name__}: {exc}"
             self._bury(queue, claimed.body, "undecodable", detail, envelope, task)
             return None
+        if envelope.canvas is not None:
+            gathered = self._gather(queue, claimed.body, envelope, task)
+            if gathered is None:
+                return None
+            args = (*gathered, *args)
         try:
             args, kwargs = task.arguments.convert(args, kwargs)
         except TypeError as exc:  # ArgumentTypeError too: this message cannot run, ever
@@ -245,6 +251,27 @@ class Executor:
             eta=_datetime(envelope.eta_ms),
             worker=self.consumer,
         )
+
+    def _gather(
+        self, queue: str, body: bytes, envelope: Envelope, task: Task[Any, Any]
+    ) -> tuple[Any, ...] | None:
+        """What a chord's callback gets before its own arguments: the header's results.
+
+        An empty tuple for other tasks (and immutable callbacks); None when the results are
+        gone (the chord outlived the result TTL), after dead-lettering the message.
+        """
+        plan = canvas.gather_plan(self.app, envelope)
+        if plan is None:
+            return ()
+        key, fields, immutable = plan
+        if immutable:
+            return ()
+        records: list[bytes | None] = self._io(lambda: self.broker.redis.hmget(key, fields))
+        if any(r is None for r in records):
+            detail = "the chord's header results are gone (older than the result TTL?)"
+            self._bury(queue, body, "chord-expired", detail, envelope, task)
+            return None
+        return ([result_value(decode_result(r), self.app) for r in records if r is not None],)
 
     def _run(self, run: _Run, request: Request, claim_next: int) -> Claim | None:
         self._begin(run, request)
@@ -271,10 +298,13 @@ class Executor:
     ) -> Claim | None:
         try:
             ack = self._success_ack(run, value, runtime)
-        except SerializationError as exc:
+        except Exception as exc:  # noqa: BLE001 - unencodable result, or workflow step
             # The body ran and its side effects happened: running it again cannot help.
             return self._fail(run, request, exc, runtime, claim_next)
-        claim = self._ack(run.queue, run.body, ack.task_id, ack.result, ack.event, claim_next)
+        claim = self._ack(
+            run.queue, run.body, ack.task_id, ack.result, ack.event, claim_next,
+            follow=(ack.extra, ()),
+        )  # fmt: skip
         self._success_signals(request, value, runtime)
         return claim
 
@@ -301,8 +331,10 @@ class Executor:
             "task-succeeded", *self._fields(envelope, queue), "rt", f"{runtime:.6f}"
         )
         ttl_ms = int(task.result_ttl_s * 1000)
-        result = None if task.ignore_result else (self._record_bytes(record), ttl_ms)
-        return Ack(queue, body, envelope.id, result, event)
+        data = self._record_bytes(record)
+        result = None if task.ignore_result else (data, ttl_ms)
+        extra = canvas.on_success(self.app, envelope, value, data) if envelope.canvas else ()
+        return Ack(queue, body, envelope.id, result, event, extra)
 
     def _success_signals(self, request: Request, value: Any, runtime: float) -> None:
         outcome = Outcome(request, TaskState.SUCCESS.value, result=value, runtime_s=runtime)
@@ -392,7 +424,7 @@ class Executor:
             if self.runner is not None:
                 try:
                     ack = self._success_ack(run, value, runtime)
-                except SerializationError as exc:
+                except Exception as exc:  # noqa: BLE001 - as in _succeeded
                     step = partial(self._fail, run, request, exc, runtime, 0)
                 else:
                     # The hot path: acknowledged in a batch with other tasks of this loop.
@@ -490,7 +522,10 @@ class Executor:
         event: cmd.Command | None,
         claim_next: int,
         dead_fields: list[str | bytes] | None = None,
+        follow: tuple[Sequence[cmd.Command], Sequence[cmd.Command]] = ((), ()),
     ) -> Claim | None:
+        """Acknowledge a task; ``follow`` is what its workflow does next (broker, results)."""
+
         def step() -> tuple[bool, Claim | None]:
             def ack(held: int) -> tuple[bool, Claim | None]:
                 return self.broker.ack(
@@ -503,6 +538,7 @@ class Executor:
                     claim_next,
                     dead_fields,
                     held,
+                    *follow,
                 )
 
             if not claim_next:
@@ -560,11 +596,13 @@ class Executor:
             summary,
         )
         ttl_ms = int(task.result_ttl_s * 1000)
-        result = None if task.ignore_result else (self._record_bytes(record), ttl_ms)
+        data = self._record_bytes(record)
+        result = None if task.ignore_result else (data, ttl_ms)
         dead: list[str | bytes] = ["reason", "failed", "detail", summary, "w", self.consumer]
         dead += ["i", envelope.id, "n", envelope.task, "attempts", str(envelope.retries + 1)]
         dead += ["traceback", (record.traceback or "")[-8000:]]
-        claim = self._ack(queue, body, envelope.id, result, event, claim_next, dead)
+        follow = self._doom(envelope, data, ttl_ms)
+        claim = self._ack(queue, body, envelope.id, result, event, claim_next, dead, follow)
         outcome = Outcome(
             request, state, exception=exc, traceback=record.traceback, runtime_s=runtime
         )
@@ -628,12 +666,19 @@ class Executor:
             TaskState.REVOKED.value, now_ms(), task.name, exc_message=reason, worker=self.consumer
         )
         event = self._event("task-revoked", *self._fields(envelope, queue), "reason", reason)
-        result = (
-            None
-            if task.ignore_result
-            else (self._record_bytes(record), int(task.result_ttl_s * 1000))
-        )
-        return self._ack(queue, body, envelope.id, result, event, claim_next)
+        ttl_ms = int(task.result_ttl_s * 1000)
+        data = self._record_bytes(record)
+        result = None if task.ignore_result else (data, ttl_ms)
+        follow = self._doom(envelope, data, ttl_ms)
+        return self._ack(queue, body, envelope.id, result, event, claim_next, None, follow)
+
+    def _doom(
+        self, envelope: Envelope, record: bytes, ttl_ms: int
+    ) -> tuple[Sequence[cmd.Command], Sequence[cmd.Command]]:
+        """What fails the rest of a workflow whose task ends with ``record`` (not SUCCESS)."""
+        if envelope.canvas is None:
+            return (), ()
+        return canvas.on_failure(self.app, envelope, record, ttl_ms)
 
     def _bury(
         self,

@@ -70,4 +70,4 @@ async def caller() -> None:
     await fetch.delay_async("u", retries="x")  # E: arg-type
     await crawl.delay_async()  # E: call-arg
     await add.send_async((1, 2), countdon=1)  # E: call-arg
-    blob: str = await fetch.delay("u")  # E: assignment
+    blob: str = await fetch.delay("u")  # E: assignment  # noqa: F841
