@@ -171,6 +171,11 @@ def _banner(app: OmniTask, name: str, queues: Sequence[str], concurrency: int) -
         f"  results:     {results} (ttl {conf.result_ttl_s:g} s)",
         f"  queues:      {', '.join(queues)}",
         f"  concurrency: {concurrency} processes",
+        *(
+            [f"  async:       {conf.async_concurrency} tasks per process on {conf.async_backend}"]
+            if any(task.is_async for task in app.tasks.values())
+            else []
+        ),
         f"  lease:       {conf.lease_s:g} s",
         "  tasks:",
         *(f"    . {name}" for name in sorted(app.tasks) if not name.startswith("omnitask.")),

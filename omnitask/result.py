@@ -187,8 +187,9 @@ class AsyncResult(Generic[R]):
 
         A pending or delayed task is skipped by every worker (the revocation lives in Redis for
         ``revoke_ttl_s``, across worker restarts) and its state reads REVOKED at once. A
-        running task finishes unless ``terminate`` is true: then its worker process is killed
-        (within about half a second) and replaced.
+        running task finishes unless ``terminate`` is true: then, within about half a second,
+        a sync task's worker process is killed and replaced, and an async task is cancelled
+        (its process and the other tasks on its event loop go on).
 
         Returns:
             False when the task had already finished (its result is kept), else True.
