@@ -281,7 +281,7 @@ class Broker:
         self, qk: QueueKeys, consumer: str, n: int, held: int = 0
     ) -> tuple[list[str], list[Any]]:
         keys = [qk.delayed, qk.proc(consumer), qk.consumers, qk.deliveries, qk.wake]
-        keys += [self.keys.events, *qk.ready, self.keys.revoked]
+        keys += [self.keys.events, *qk.ready, self.keys.revoked, self.keys.paused]
         args = [
             n,
             consumer,

@@ -22,6 +22,10 @@ touches both tags in one step, which needs a single Redis server; Cluster is not
 | ``P:{A}:terminate`` | ZSET | revoked task ids whose running process must be killed, same scores | pruned on each revoke |
 | ``P:{A}:chord:<id>`` | HASH | a chord: header size, its callback's envelope and queue, results so far (``lua/join.lua``) | result TTL; deleted when the callback succeeds |
 | ``P:{A}:workers`` | ZSET | live worker names, score = last heartbeat (unix ms) | pruned by heartbeats |
+| ``P:{A}:w:<worker>`` | HASH | a worker's status: pid, host, start time, concurrency, queues, registered task names, the sync task each child runs | expires 3 heartbeats after the last one; deleted when the worker stops |
+| ``P:{A}:ctl:<worker>`` | LIST | control commands (JSON) waiting for a worker, which reads and deletes them with its heartbeat | expires with the sender's timeout; deleted when the worker starts |
+| ``P:{A}:reply:<request id>`` | LIST | workers' replies (JSON) to one control command | ``CONTROL_REPLY_TTL_S`` |
+| ``P:{A}:paused`` | SET | names of paused queues: claim hands out none of their tasks (sends still land) | its queues |
 
 Envelopes sit inline in the ready lists (about 100 bytes of Redis memory each) instead of a
 ZSET of ids plus a HASH of bodies (about 350 bytes), which is why priorities are ten lists.
@@ -33,7 +37,14 @@ import re
 
 from omnitask.errors import ConfigurationError
 
-__all__ = ("PRIORITY_LEVELS", "WAKE_TOKENS_MAX", "Keyspace", "QueueKeys", "check_name")
+__all__ = (
+    "CONTROL_REPLY_TTL_S",
+    "PRIORITY_LEVELS",
+    "WAKE_TOKENS_MAX",
+    "Keyspace",
+    "QueueKeys",
+    "check_name",
+)
 
 PRIORITY_LEVELS = 10
 """Priorities are the integers ``0 .. PRIORITY_LEVELS - 1``; higher runs first."""
@@ -41,6 +52,9 @@ PRIORITY_LEVELS = 10
 WAKE_TOKENS_MAX = 64
 """How many wake tokens a queue keeps at most: enough to wake every idle child of a large pool
 at once, small enough that stale tokens cost idle workers only a few empty claims."""
+
+CONTROL_REPLY_TTL_S = 60
+"""Seconds the replies to a control command are kept: long past any sender's timeout."""
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
@@ -103,6 +117,7 @@ class Keyspace:
         self.workers = f"{self._app_base}:workers"
         self.revoked = f"{self._app_base}:revoked"
         self.terminate = f"{self._app_base}:terminate"
+        self.paused = f"{self._app_base}:paused"
         self._queues: dict[str, QueueKeys] = {}
 
     def queue(self, name: str) -> QueueKeys:
@@ -124,3 +139,15 @@ class Keyspace:
     def chord(self, chord_id: str) -> str:
         """The hash where a chord's header results gather (see ``lua/join.lua``)."""
         return f"{self._app_base}:chord:{chord_id}"
+
+    def worker_status(self, worker: str) -> str:
+        """The hash in which worker ``worker`` publishes its status with each heartbeat."""
+        return f"{self._app_base}:w:{worker}"
+
+    def control(self, worker: str) -> str:
+        """The list of control commands waiting for worker ``worker``."""
+        return f"{self._app_base}:ctl:{worker}"
+
+    def control_reply(self, request_id: str) -> str:
+        """The list that collects the workers' replies to control command ``request_id``."""
+        return f"{self._app_base}:reply:{request_id}"
