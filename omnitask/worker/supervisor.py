@@ -7,6 +7,8 @@
   hands back the tasks of consumers whose lease expired: those of workers that died whole.
   It does so only once it has itself been connected to Redis for a whole lease: after an
   outage every lease looks expired, and live workers must get the time to renew theirs.
+- With each heartbeat it refreshes its status hash and reads its control commands
+  (``omnitask/control.py``): shutdown, pool-grow, pool-shrink.
 - SIGTERM / SIGINT: warm shutdown. Children finish the task they run (up to
   ``shutdown_timeout_s``) and take no new one; whatever is left is handed back; exit 0.
   A second signal (or SIGQUIT): cold shutdown, running tasks are stopped and handed back.
@@ -28,10 +30,11 @@ from multiprocessing.connection import wait
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from types import FrameType
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.exceptions import RedisError
 
+from omnitask import __version__, control
 from omnitask.broker import commands as cmd
 from omnitask.broker.client import Broker
 from omnitask.context import WorkerInfo
@@ -62,6 +65,10 @@ QUICK_DEATH_S = 1.0
 """A child that dies sooner than this after its start delays its replacement (backoff)."""
 
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+def _processes(n: int) -> str:
+    return f"{n} process" if n == 1 else f"{n} processes"
 
 
 def _child_main(
@@ -98,6 +105,13 @@ class Supervisor:
         self._respawn_delay = 0.0
         self._spawn_at: list[float] = []  # when to start replacements of dead children
         self._broker: Broker | None = None
+        # Status and control (omnitask/control.py): pool-shrunk children on their way out
+        # (consumer -> when to kill them), the sync task each child runs (consumer -> task id,
+        # first seen ms), when the worker started, whether Redis holds the whole status hash.
+        self._retiring: dict[str, float] = {}
+        self._runs: dict[str, tuple[str, int]] = {}
+        self._started_ms = 0
+        self._status_full = False
 
     @property
     def broker(self) -> Broker:
@@ -171,6 +185,7 @@ class Supervisor:
         next_renew = next_heartbeat = 0.0
         while True:
             self._enforce()
+            self._note_runs()
             self._reap(respawn=ctx)
             self._spawn_due(ctx)
             if self._signals:
@@ -181,7 +196,7 @@ class Supervisor:
                 # A failed renewal is tried again next tick, not a third of a lease later.
                 next_renew = now + (renew_every if self._renew() else TICK_S)
             if now >= next_heartbeat:
-                self._publish("worker-heartbeat")
+                self._obey(ctx, self._publish("worker-heartbeat"))
                 next_heartbeat = now + heartbeat_every
             wake_at = min(next_renew, next_heartbeat, *self._spawn_at)
             self._wait(min(max(0.0, wake_at - time.monotonic()), TICK_S))
@@ -277,6 +292,9 @@ class Supervisor:
                 or (respawn is None and process.exitcode == 0)
             )
             self._killed.discard(consumer)
+            # pool-shrink: not replaced; a clean exit after its SIGTERM is not the task's fault.
+            retired = self._retiring.pop(consumer, None) is not None
+            ours = ours or (retired and process.exitcode == 0)
             if not ours:
                 logger.error(
                     "child died consumer=%s pid=%s exitcode=%s; its tasks go back to the queue",
@@ -285,7 +303,7 @@ class Supervisor:
                     process.exitcode,
                 )
             self._hand_back(consumer, count_delivery=not ours)
-            if respawn is not None:
+            if respawn is not None and not retired:
                 lived = time.monotonic() - started
                 planned = recycled or stopped  # replaced at once, no crash backoff
                 self._spawn_at.append(time.monotonic() if planned else self._backoff(lived))
@@ -369,7 +387,7 @@ class Supervisor:
                     self._healthy_since = time.monotonic()
                 return result
 
-    def _publish(self, kind: str) -> None:
+    def _publish(self, kind: str) -> list[Any] | None:
         conf = self.app.conf
         keys = self.app.keys
         commands: list[cmd.Command] = []
@@ -390,7 +408,114 @@ class Supervisor:
             fields += ("concurrency", str(self.concurrency))
             fields += ("queues", ",".join(self.queues))
             commands.append(cmd.event(keys.events, conf.events_maxlen, kind, *fields))
-        self._redis_step(partial(self.broker.run, commands), what=kind)
+        status, full = self._status_commands(kind)
+        replies = self._redis_step(partial(self.broker.run, commands + status), what=kind)
+        mine = None if replies is None else replies[len(commands) :]
+        # The first PEXPIRE says 0 when the hash was gone before a partial write, which then
+        # left a partial hash; a failed step may have left anything. Write it whole next time.
+        self._status_full = mine is not None and (full or mine[0] == 1)
+        return mine
+
+    # -- status and control (omnitask/control.py) -------------------------------------------
+
+    def _status_commands(self, kind: str) -> tuple[list[cmd.Command], bool]:
+        """Commands that refresh the status hash (whole or not) and take control commands."""
+        keys = self.app.keys
+        if kind == "worker-offline":
+            return [("DEL", keys.worker_status(self.name), keys.control(self.name))], True
+        if kind == "worker-online":
+            self._started_ms = now_ms()
+            self._status_full = False
+        conf = self.app.conf
+        status = control.WorkerStatus(
+            name=self.name,
+            heartbeat_ms=now_ms(),
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            version=__version__,
+            started_ms=self._started_ms,
+            heartbeat_interval_s=conf.heartbeat_interval_s,
+            concurrency=self.concurrency,
+            processes=len(self.children),
+            spawned=self._spawned,
+            queues=self.queues,
+            tasks=tuple(sorted(self.app.tasks)),
+            running=self._runs,
+        )
+        ttl_ms = int(control.STATUS_TTL_HEARTBEATS * conf.heartbeat_interval_s * 1000)
+        # The whole hash is written once, then only what changes (the task names can be long).
+        full = not self._status_full
+        commands = control.status_commands(keys, status, full=full, ttl_ms=ttl_ms)
+        if kind == "worker-online":
+            # A command left for an earlier worker of the same name is not for this one.
+            return [*commands, ("DEL", keys.control(self.name))], full
+        return commands + control.take_commands(keys, self.name), full
+
+    def _note_runs(self) -> None:
+        """Remember when each child's current sync task was first seen (within a tick)."""
+        runs: dict[str, tuple[str, int]] = {}
+        for consumer, slot in self._slots.items():
+            task_id = slot.task_id
+            if task_id:
+                seen = self._runs.get(consumer)
+                runs[consumer] = seen if seen and seen[0] == task_id else (task_id, now_ms())
+        self._runs = runs
+
+    def _obey(self, ctx: BaseContext, replies: list[Any] | None) -> None:
+        """Act on the control commands a heartbeat took, and reply to each."""
+        self._stop_overdue()
+        for raw in replies[-2] if replies else ():  # the LRANGE of control.take_commands
+            try:
+                command = control.ControlCommand.decode(raw)
+            except (ValueError, KeyError, TypeError):
+                logger.warning("ignored a malformed control command: %r", raw)
+                continue
+            logger.info("control command=%s n=%d id=%s", command.command, command.n, command.id)
+            ok, detail = self._control(ctx, command)
+            reply = control.Reply(self.name, ok, detail, self.concurrency)
+            self._redis_step(
+                partial(self.broker.run, control.reply_commands(self.app.keys, command.id, reply)),
+                what="control reply",
+            )
+
+    def _control(self, ctx: BaseContext, command: control.ControlCommand) -> tuple[bool, str]:
+        if command.command == "shutdown":
+            self._signals.append(signal.SIGTERM)
+            return True, "warm shutdown started"
+        if command.command == "pool-grow":
+            for _ in range(command.n):
+                self._spawn(ctx)
+            self.concurrency += command.n
+            return True, f"pool grown by {command.n} to {_processes(self.concurrency)}"
+        return self._shrink(command.n)
+
+    def _shrink(self, n: int) -> tuple[bool, str]:
+        """Stop ``n`` children warmly, idle ones first, keeping at least one."""
+        count = min(n, self.concurrency - 1)
+        if count <= 0:
+            return False, f"pool not shrunk: {_processes(self.concurrency)} is the minimum"
+        self.concurrency -= count
+        # Replacements not started yet go first: nothing to stop.
+        pending = min(count, len(self._spawn_at))
+        del self._spawn_at[len(self._spawn_at) - pending :]
+        candidates = [c for c in self.children if c not in self._retiring]
+        candidates.sort(key=lambda c: bool(self._slots[c].task_id))  # idle first (stable)
+        deadline = time.monotonic() + self.app.conf.shutdown_timeout_s
+        for consumer in candidates[: count - pending]:
+            self._retiring[consumer] = deadline
+            self._kill(self.children[consumer], signal.SIGTERM)
+        note = "" if count == n else f" ({n} asked; at least one process stays)"
+        return True, f"pool shrunk by {count} to {_processes(self.concurrency)}{note}"
+
+    def _stop_overdue(self) -> None:
+        """Kill pool-shrunk children still running past ``shutdown_timeout_s``."""
+        now = time.monotonic()
+        for consumer, deadline in self._retiring.items():
+            process = self.children.get(consumer)
+            if process is not None and now >= deadline and consumer not in self._killed:
+                logger.warning("pool-shrink: child overdue, stopped consumer=%s", consumer)
+                self._killed.add(consumer)  # its task goes back without counting a delivery
+                self._kill(process, signal.SIGKILL)
 
     # -- shutdown -----------------------------------------------------------------------------
 
