@@ -9,7 +9,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from omnitask import __version__, dlq_cli
+from omnitask import __version__, beat_cli, dlq_cli, inspect_cli
 from omnitask.app import OmniTask
 from omnitask.config import mask_url
 from omnitask.errors import OmnitaskError
@@ -75,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="restart the worker when the app's Python files change (development only)",
     )
+    worker.add_argument(
+        "-B", "--beat", action="store_true", help="also run a beat (periodic tasks; development)"
+    )
     _log_arg(worker)
 
     events = sub.add_parser(
@@ -86,6 +89,8 @@ def _parser() -> argparse.ArgumentParser:
     events.add_argument("--timeout", type=float, help="stop after this many seconds without events")
     _log_arg(events)
     dlq_cli.add_parser(sub)
+    beat_cli.add_parser(sub)
+    inspect_cli.add_parser(sub)
     return parser
 
 
@@ -115,11 +120,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "worker" and args.reload:
             # Before load_app: the reloader must never import the app, which may be broken.
             return _reload(args.app, sys.argv[1:] if argv is None else argv)
+        if args.command == "beat":
+            return beat_cli.run(args)  # loads the app itself
         app = load_app(args.app)
         if args.command == "worker":
             return _worker(app, args)
         if args.command == "dlq":
             return dlq_cli.run(app, args)
+        if args.command in inspect_cli.COMMANDS:
+            return inspect_cli.run(app, args)
         return _events(app, args)
     except OmnitaskError as exc:
         print(f"omnitask: error: {exc}", file=sys.stderr)  # noqa: T201
@@ -152,7 +161,11 @@ def _worker(app: OmniTask, args: argparse.Namespace) -> int:
     app.connect()
     supervisor = Supervisor(app, queues, app.conf.concurrency, name=args.hostname)
     print(_banner(app, supervisor.name, queues, app.conf.concurrency), flush=True)  # noqa: T201
-    return supervisor.run()
+    beat = beat_cli.start_embedded(app) if args.beat else None
+    try:
+        return supervisor.run()
+    finally:
+        beat_cli.stop_embedded(beat)
 
 
 def _reload(app_spec: str, argv: Sequence[str]) -> int:
