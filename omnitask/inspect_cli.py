@@ -270,6 +270,8 @@ def _registered(inspector: Inspector, args: argparse.Namespace) -> None:
     if not registered:
         raise _CommandError("no live workers")
     for worker, names in registered.items():
+        # As in the worker's banner: omnitask's own tasks (workflow steps) only in --json.
+        names = [name for name in names if not name.startswith("omnitask.")]
         _out(f"{worker} ({len(names)} tasks)")
         for name in names:
             _out(f"  {name}")
@@ -290,7 +292,7 @@ def _stats(inspector: Inspector, args: argparse.Namespace) -> None:
     if not workers:
         raise _CommandError("no live workers")
     now = now_ms()
-    header = ["WORKER", "PID", "PROCS", "QUEUES", "UPTIME", "HEARTBEAT", "STARTED"]
+    header = ["WORKER", "PID", "PROCS", "QUEUES", "UPTIME", "HEARTBEAT", "SPAWNED"]
     header += ["SUCCEEDED", "FAILED", "RETRIED"]
     rows = []
     for w in workers:
@@ -310,7 +312,7 @@ def _stats(inspector: Inspector, args: argparse.Namespace) -> None:
     _out(table(header, rows))
     since = "-" if counts.since_ms is None else _local(counts.since_ms)
     _out(
-        "PROCS: child processes alive/wanted; STARTED: child processes started in all.\n"
+        "PROCS: child processes alive/wanted; SPAWNED: child processes started in all.\n"
         f"Task counts: over the {counts.events} events the stream holds (since {since})."
     )
 

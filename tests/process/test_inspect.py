@@ -90,6 +90,12 @@ def test_inspect_views_with_a_worker_running_tasks(
     registered = cli_json(capsys, "inspect", "registered")
     assert set(registered) == {"w1"}
     assert {"tests.apps.inspectapp.hold", "tests.apps.inspectapp.nap"} <= set(registered["w1"])
+    assert cli(capsys, "inspect", "registered")[1].splitlines() == [
+        "w1 (3 tasks)",
+        "  tests.apps.inspectapp.add",
+        "  tests.apps.inspectapp.hold",
+        "  tests.apps.inspectapp.nap",
+    ]
 
     queues = {q["name"]: q for q in cli_json(capsys, "inspect", "queues")}
     assert queues["default"] | {"oldest_ms": None} == {
