@@ -39,6 +39,7 @@ from omnitask.serialization import SERIALIZER_NAMES, get_serializer
 from omnitask.signals import Signals
 from omnitask.signing import Signer
 from omnitask.task import AsyncTask, Task
+from omnitask.unique import UniquePolicy, send_unique
 
 if TYPE_CHECKING:
     from typing_extensions import Never, Unpack
@@ -273,6 +274,9 @@ class OmniTask:
         track_started: bool | None = None,
         time_limit: float | timedelta | None = None,
         soft_time_limit: float | timedelta | None = None,
+        unique_for: float | timedelta | None = None,
+        unique_key: Callable[..., str] | None = None,
+        unique_mode: Literal["throttle", "debounce"] = "throttle",
         bind: Literal[False] = False,
         **unknown: Never,
     ) -> TaskDecorator: ...
@@ -297,6 +301,9 @@ class OmniTask:
         track_started: bool | None = None,
         time_limit: float | timedelta | None = None,
         soft_time_limit: float | timedelta | None = None,
+        unique_for: float | timedelta | None = None,
+        unique_key: Callable[..., str] | None = None,
+        unique_mode: Literal["throttle", "debounce"] = "throttle",
         bind: Literal[True],
         **unknown: Never,
     ) -> BoundTaskDecorator: ...
@@ -325,6 +332,9 @@ class OmniTask:
         track_started: bool | None = None,
         time_limit: float | timedelta | None = None,
         soft_time_limit: float | timedelta | None = None,
+        unique_for: float | timedelta | None = None,
+        unique_key: Callable[..., str] | None = None,
+        unique_mode: Literal["throttle", "debounce"] = "throttle",
         bind: bool = False,
         **unknown: Never,
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
@@ -350,6 +360,13 @@ class OmniTask:
             time_limit: Hard limit in seconds: the worker process running it is killed and
                 replaced, and the run fails with TimeLimitExceeded (retried if it may be).
             soft_time_limit: Soft limit: SoftTimeLimitExceeded is raised inside the task.
+            unique_for: Seconds (or timedelta) during which a second send with the same
+                arguments (or ``unique_key``) returns the first one's result instead of
+                queuing another task.
+            unique_key: Computes the unique key from the call's arguments (default: the task
+                name and all the arguments).
+            unique_mode: ``"throttle"`` keeps the first call of a window; ``"debounce"`` runs
+                the task once, ``unique_for`` after the last call, with its arguments.
             bind: Pass the task itself as the first argument (for ``self.request`` and
                 ``self.retry()``).
             **unknown: Not accepted: any other keyword is reported as an unknown option.
@@ -363,6 +380,7 @@ class OmniTask:
         policy = _retry_policy(
             retries, retry_on, retry_backoff, retry_backoff_max, retry_jitter, retry_delay
         )
+        unique = UniquePolicy.build(unique_for, unique_key, unique_mode)
         for option, value in (("time_limit", time_limit), ("soft_time_limit", soft_time_limit)):
             if value is not None and seconds(option, value) == 0:
                 raise ConfigurationError(f"{option} must be greater than 0 (None: no limit)")
@@ -390,6 +408,7 @@ class OmniTask:
                 bind=bind,
                 time_limit=time_limit,
                 soft_time_limit=soft_time_limit,
+                unique=unique,
             )
             if queue is not None:
                 self.keys.queue(queue)  # checks the name now, not at the first delay()
@@ -446,11 +465,14 @@ class OmniTask:
         }
         task = self.tasks.get(name)
         follow = links(link, link_error) if link is not None or link_error is not None else None
-        call = Call.build(self, task or name, tuple(args), dict(kwargs or {}), opts, follow)
+        call_args, call_kwargs = tuple(args), dict(kwargs or {})
+        call = Call.build(self, task or name, call_args, call_kwargs, opts, follow)
         if self.conf.eager:
             from omnitask.testing.eager import run_eager  # only eager apps pay for the import
 
             return run_eager(self, call)
+        if task is not None and task.unique is not None:
+            return send_unique(self, task, call, call_args, call_kwargs, opts, follow)
         self.broker.enqueue(call.queue, [call.item])
         return AsyncResult(call.task_id, self, ignored=bool(task and task.ignore_result))
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from omnitask.app import OmniTask
+    from omnitask.unique import UniquePolicy
 
 __all__ = ("AsyncTask", "Task")
 
@@ -45,6 +46,7 @@ class Task(Generic[P, R]):
         retries: Automatic retries on an exception.
         ignore_result: True when results are not stored.
         is_async: True for an ``async def`` function, which workers run on an event loop.
+        unique: How sends are kept unique (``unique_for``), or None.
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class Task(Generic[P, R]):
         bind: bool = False,
         time_limit: float | timedelta | None = None,
         soft_time_limit: float | timedelta | None = None,
+        unique: UniquePolicy | None = None,
     ) -> None:
         """Wrap ``fn``; options left None take the app's setting when they are used."""
         self.app = app
@@ -75,6 +78,7 @@ class Task(Generic[P, R]):
             raise ConfigurationError(f"task {name!r}: retries must not be negative")
         self.retry_policy = retry
         self.bind = bind
+        self.unique = unique
         # Workers run coroutine functions on their event loop, the others in the main thread.
         self.is_async = inspect.iscoroutinefunction(fn)
         self.time_limit_s = None if time_limit is None else seconds("time_limit", time_limit)
@@ -347,6 +351,8 @@ class Task(Generic[P, R]):
 
         Every call is checked and serialized before anything is sent, so a bad one sends none.
         """
+        if self.unique is not None:  # each send checks its own key, in its own step
+            return [self.apply_async(tuple(call_args)) for call_args in calls]
         built = []
         for call_args in calls:
             args = tuple(call_args)

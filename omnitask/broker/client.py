@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
@@ -23,6 +23,7 @@ from omnitask.broker.scripts import (
     REVOKE,
     SCRIPTS,
     SETTLE,
+    UNIQUE,
     Script,
 )
 from omnitask.config import Config, mask_url
@@ -30,6 +31,8 @@ from omnitask.errors import BrokerConnectionError, BrokerUnavailable
 from omnitask.messages import now_ms
 
 __all__ = ("Ack", "Broker", "Claim", "Claimed")
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -223,28 +226,62 @@ class Broker:
         essential = sum(1 for c in commands if c[0] in ("RPUSH", "ZADD"))
         if queue not in self._known_queues:
             commands.append(("SADD", self.keys.queues, queue))
+        self._send(lambda: self._multi(self.redis, commands, essential), [e[3] for e in envelopes])
+        self._known_queues.add(queue)
+
+    def enqueue_unique(
+        self,
+        queue: str,
+        envelope: tuple[bytes, int, int | None, str, str],
+        key: str,
+        window_ms: int,
+        *,
+        debounce: bool,
+    ) -> tuple[bool, str]:
+        """Queue a unique task unless its unique key holds another (see ``lua/unique.lua``).
+
+        Returns whether it was queued, and the id of the task that stands for the key: this
+        one, or the one already there.
+        """
+        qk = self.keys.queue(queue)
+        body, priority, due_ms, task_id, name = envelope
+        keys = [qk.unique(key), qk.ready[priority], qk.delayed, qk.wake, self.keys.events]
+        keys.append(self.keys.queues)
+        args = [body, task_id, name, window_ms, "" if due_ms is None else due_ms]
+        args += [int(debounce), self._events_maxlen, queue]
+        reply = self._send(lambda: self._eval(UNIQUE, keys, args), [task_id])
+        stood = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
+        return bool(reply[0]), stood
+
+    def _send(self, step: Callable[[], T], task_ids: Sequence[str]) -> T:
+        """Run a sending step, waiting for Redis while it refuses connections.
+
+        Raises:
+            BrokerConnectionError: Redis refused the credentials; nothing was queued.
+            BrokerUnavailable: Redis stayed unreachable for ``enqueue_timeout_s`` (nothing
+                was queued), or the connection broke after the step was sent (it may or may
+                not have applied: the message names the tasks).
+        """
         while True:
             try:
-                self._multi(self.redis, commands, essential)
-                break
+                return step()
             except redis.AuthenticationError as exc:
                 # Raised while the connection was set up: nothing was sent.
                 raise BrokerConnectionError(
                     f"Redis at {mask_url(self.config.broker_url)} refused the credentials; "
-                    f"{len(envelopes)} task(s) not queued ({exc})"
+                    f"{len(task_ids)} task(s) not queued ({exc})"
                 ) from exc
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 if not _failed_to_connect(exc):
                     # Sent, but no reply: the tasks may be queued. Sending again could queue
                     # them twice, so say so instead (naming them) and let the caller decide.
-                    ids = ", ".join(e[3] for e in envelopes[:5])
+                    ids = ", ".join(task_ids[:5])
                     raise BrokerUnavailable(
                         f"the connection to Redis broke while sending task(s) {ids}"
-                        f"{' ...' if len(envelopes) > 5 else ''}: they may or may not be "
+                        f"{' ...' if len(task_ids) > 5 else ''}: they may or may not be "
                         f"queued ({exc})"
                     ) from exc
-                self._wait_for_connection(len(envelopes))
-        self._known_queues.add(queue)
+                self._wait_for_connection(len(task_ids))
 
     def _wait_for_connection(self, count: int) -> None:
         """Wait (with backoff, up to ``enqueue_timeout_s``) until Redis accepts a connection.

@@ -13,6 +13,7 @@ touches both tags in one step, which needs a single Redis server; Cluster is not
 | ``P:{A:Q}:consumers`` | ZSET | consumer (worker child) ids, score = lease deadline (server ms) | one per live child |
 | ``P:{A:Q}:deliveries`` | HASH | task id -> times it was handed back after its consumer died | deleted on ack |
 | ``P:{A:Q}:wake`` | LIST | tokens that wake idle workers blocked in BLPOP | ``WAKE_TOKENS_MAX`` |
+| ``P:{A:Q}:u:<key>`` | STRING / HASH | a unique task's id (throttle), or its id and pending envelope (debounce) (``lua/unique.lua``) | ``unique_for`` (twice it plus a minute for debounce) |
 | ``P:{A:Q}:dead`` | STREAM | dead letters: ``msg`` (the bytes), ``reason``, ``detail``, ``w``, ``i``, ``n`` | ``dead_letter_maxlen`` and ``dead_letter_max_age_s`` (approx.) |
 | ``P:{A}:r:<task id>`` | LIST | the final result record (one element; ``get()`` waits on it) | result TTL |
 | ``P:{A}:s:<task id>`` | STRING | the latest non-final state (STARTED, RETRY) | result TTL |
@@ -102,6 +103,10 @@ class QueueKeys:
     def proc(self, consumer: str) -> str:
         """The in-flight list of one consumer (a worker child) on this queue."""
         return f"{self._base}:proc:{consumer}"
+
+    def unique(self, key: str) -> str:
+        """The lock of a unique task (``unique_for``) with unique key ``key`` on this queue."""
+        return f"{self._base}:u:{key}"
 
 
 class Keyspace:

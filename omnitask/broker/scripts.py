@@ -22,6 +22,7 @@ __all__ = (
     "REVOKE",
     "SCRIPTS",
     "SETTLE",
+    "UNIQUE",
     "Script",
 )
 
@@ -57,4 +58,16 @@ SETTLE = _load("settle")
 BURY = _load("bury")
 REVIVE = _load("revive")
 JOIN = _load("join")
-SCRIPTS: tuple[Script, ...] = (CLAIM, REQUEUE, RENEW, RETRY, BURY, REVIVE, REVOKE, SETTLE, JOIN)
+UNIQUE = _load("unique")
+SCRIPTS: tuple[Script, ...] = (
+    CLAIM,
+    REQUEUE,
+    RENEW,
+    RETRY,
+    BURY,
+    REVIVE,
+    REVOKE,
+    SETTLE,
+    JOIN,
+    UNIQUE,
+)
