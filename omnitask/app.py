@@ -44,6 +44,9 @@ from omnitask.unique import UniquePolicy, send_unique
 if TYPE_CHECKING:
     from typing_extensions import Never, Unpack
 
+    from omnitask.periodic import Schedules
+    from omnitask.schedules import Periodic, PeriodicDecorator, ScheduleLike
+
 __all__ = ("OmniTask", "Settings")
 
 P = ParamSpec("P")
@@ -103,6 +106,8 @@ class Settings(TypedDict, total=False):
     async_concurrency: int
     async_backend: str
     eager: bool
+    beat_lease_s: float
+    beat_missed: str
 
 
 class TaskDecorator(Protocol):
@@ -172,6 +177,8 @@ class OmniTask:
             self._settings["result_backend"] = result_backend
         self.conf: Config = load_config(self._settings)
         self.tasks: dict[str, Task[Any, Any]] = {}
+        # Periodic tasks declared in code (add_periodic, @periodic); a beat writes them to Redis.
+        self.beat_schedule: dict[str, Periodic] = {}
         # A chord whose body is not a single task joins through this one (see omnitask.canvas).
         self.task(name=GATHER_TASK)(gather)
         self.signals = Signals()
@@ -494,6 +501,130 @@ class OmniTask:
     def dead_letters(self) -> DeadLetters:
         """Inspect, requeue and purge the app's dead letters."""
         return DeadLetters(self)
+
+    # -- periodic tasks (omnitask/schedules.py, omnitask/periodic.py, omnitask/beat.py) -------
+
+    def add_periodic(
+        self,
+        name: str,
+        task: Task[Any, Any] | str,
+        schedule: ScheduleLike,
+        *,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        expires: float | timedelta | None = None,
+        missed: str | None = None,
+        tz: str | None = None,
+    ) -> Periodic:
+        """Declare a periodic task in code; each beat writes it to Redis when it starts.
+
+        Args:
+            name: The schedule's name, unique in the app.
+            task: The task, or its name.
+            schedule: A ``crontab(...)``, a ``Crontab(expr, tz=)``, a cron string, or an
+                interval (timedelta or seconds).
+            args: Positional arguments of each run (msgpack values).
+            kwargs: Keyword arguments of each run (msgpack values).
+            queue: Queue of each run; default the task's.
+            priority: Priority of each run; default the task's.
+            expires: A run not started this long after it was sent is revoked.
+            missed: ``once`` or ``skip``: what a beat that takes over does with a run missed
+                while no beat was leading; default the app's ``beat_missed``.
+            tz: The time zone of a cron string (default UTC).
+
+        Raises:
+            ConfigurationError: A value is not valid.
+        """
+        from omnitask.schedules import Periodic
+
+        entry = Periodic.build(
+            self,
+            name,
+            task,
+            schedule,
+            args=args,
+            kwargs=kwargs,
+            queue=queue,
+            priority=priority,
+            expires=expires,
+            missed=missed,
+            tz=tz,
+        )
+        self.beat_schedule[entry.name] = entry
+        return entry
+
+    def add_beat_schedule(self, beat_schedule: Mapping[str, Mapping[str, Any]]) -> None:
+        """Declare periodic tasks given as Celery's ``beat_schedule`` setting.
+
+        Each item maps a name to ``{"task": ..., "schedule": ..., "args": ..., "kwargs": ...,
+        "options": {"queue": ..., "priority": ..., "expires": ...}}``.
+
+        Raises:
+            ConfigurationError: An item has an unknown key, or a value is not valid.
+        """
+        from omnitask.schedules import from_celery
+
+        for name, item in beat_schedule.items():
+            self.beat_schedule[name] = from_celery(self, name, item)
+
+    def periodic(
+        self,
+        cron: str | None = None,
+        *,
+        every: float | timedelta | None = None,
+        tz: str | None = None,
+        name: str | None = None,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        expires: float | timedelta | None = None,
+        missed: str | None = None,
+    ) -> PeriodicDecorator:
+        """Register a function as a task and run it periodically.
+
+        ``@app.periodic(cron="*/5 * * * *", tz="Europe/Paris")`` or
+        ``@app.periodic(every=timedelta(seconds=10))``; above ``@app.task(...)``, it
+        schedules that task. ``name`` is the schedule's (default: the task's name); the
+        other arguments are those of :meth:`add_periodic`.
+
+        Raises:
+            ConfigurationError: Neither or both of ``cron`` and ``every``, or a bad value.
+        """
+        schedule: ScheduleLike
+        if cron is not None and every is None:
+            schedule = cron
+        elif every is not None and cron is None:
+            schedule = every
+        else:
+            raise ConfigurationError("give either cron= or every=")
+
+        def decorate(fn: Any) -> Any:
+            task = fn if isinstance(fn, Task) else self.task(fn)
+            self.add_periodic(
+                name or task.name,
+                task,
+                schedule,
+                args=args,
+                kwargs=kwargs,
+                queue=queue,
+                priority=priority,
+                expires=expires,
+                missed=missed,
+                tz=tz,
+            )
+            return task
+
+        return decorate
+
+    @property
+    def schedules(self) -> Schedules:
+        """Add, change, remove and list the periodic schedules stored in Redis at run time."""
+        from omnitask.periodic import Schedules
+
+        return Schedules(self)
 
     @property
     def signer(self) -> Signer | None:

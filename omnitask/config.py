@@ -19,11 +19,14 @@ from omnitask.broker.keys import check_name
 from omnitask.errors import ConfigurationError
 from omnitask.serialization import SERIALIZER_NAMES
 
-__all__ = ("ENV_PREFIX", "Config", "load_config", "mask_url")
+__all__ = ("ENV_PREFIX", "MISSED_POLICIES", "Config", "load_config", "mask_url")
 
 ENV_PREFIX = "OMNITASK_"
 
 ASYNC_BACKENDS = ("asyncio", "trio")
+
+MISSED_POLICIES = ("once", "skip")
+"""What a beat does with a periodic run missed while no beat was leading (``beat_missed``)."""
 
 
 # (settings, check, what the message says they must be); None always passes (it means "none").
@@ -38,6 +41,7 @@ _RULES: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
             "dead_letter_max_age_s",
             "time_limit_s",
             "soft_time_limit_s",
+            "beat_lease_s",
         ),
         lambda v: v > 0,
         "be greater than 0",
@@ -107,6 +111,11 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             ``trio``.
         eager: Run tasks in the calling process at ``.delay()`` (for unit tests), with the
             arguments and the result still encoded and decoded by the task's serializer.
+        beat_lease_s: Seconds the leading beat's lease lasts; it renews it every third of
+            that. A standby beat takes over at most this long after the leader died.
+        beat_missed: What the beat that takes over does with a periodic run missed while no
+            beat was leading: ``once`` (send the latest missed run once) or ``skip``. A
+            schedule may set its own.
     """
 
     broker_url: str = "redis://localhost:6379/0"
@@ -138,6 +147,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     async_concurrency: int = 100
     async_backend: str = "asyncio"
     eager: bool = False
+    beat_lease_s: float = 10.0
+    beat_missed: str = "once"
 
     def __post_init__(self) -> None:
         """Check values that a type alone cannot (msgspec reports these with the field name)."""
@@ -152,6 +163,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("secret_key must not be empty (None: no signing)")
         if self.async_backend not in ASYNC_BACKENDS:
             raise ValueError(f"async_backend must be one of {', '.join(ASYNC_BACKENDS)}")
+        if self.beat_missed not in MISSED_POLICIES:
+            raise ValueError(f"beat_missed must be one of {', '.join(MISSED_POLICIES)}")
         if self.serializer not in SERIALIZER_NAMES:
             raise ValueError(f"serializer must be one of {', '.join(SERIALIZER_NAMES)}")
         for names, ok, rule in _RULES:

@@ -22,6 +22,9 @@ touches both tags in one step, which needs a single Redis server; Cluster is not
 | ``P:{A}:revoked`` | ZSET | revoked task ids, score = when the revocation lapses (server ms) | pruned on each revoke |
 | ``P:{A}:terminate`` | ZSET | revoked task ids whose running process must be killed, same scores | pruned on each revoke |
 | ``P:{A}:chord:<id>`` | HASH | a chord: header size, its callback's envelope and queue, results so far (``lua/join.lua``) | result TTL; deleted when the callback succeeds |
+| ``P:{A}:beat:schedules`` | HASH | periodic schedule name -> its entry (msgpack, ``omnitask/schedules.py``) | one per schedule |
+| ``P:{A}:beat:fired`` | HASH | periodic schedule name -> the latest slot (unix ms) sent or skipped; a slot at or before it never runs again (``lua/fire.lua``) | one per schedule; deleted with it |
+| ``P:{A}:beat:leader`` | STRING | the id of the beat that leads (``lua/lead.lua``, ``lua/resign.lua``) | ``beat_lease_s``, renewed by the leader |
 | ``P:{A}:workers`` | ZSET | live worker names, score = last heartbeat (unix ms) | pruned by heartbeats |
 | ``P:{A}:w:<worker>`` | HASH | a worker's status: pid, host, start time, concurrency, queues, registered task names, the sync task each child runs | expires 3 heartbeats after the last one; deleted when the worker stops |
 | ``P:{A}:ctl:<worker>`` | LIST | control commands (JSON) waiting for a worker, which reads and deletes them with its heartbeat | expires with the sender's timeout; deleted when the worker starts |
@@ -118,6 +121,9 @@ class Keyspace:
         self.app = check_name("app name", app)
         self._app_base = f"{prefix}:{{{app}}}"
         self.events = f"{self._app_base}:events"
+        self.beat_schedules = f"{self._app_base}:beat:schedules"
+        self.beat_fired = f"{self._app_base}:beat:fired"
+        self.beat_leader = f"{self._app_base}:beat:leader"
         self.queues = f"{self._app_base}:queues"
         self.workers = f"{self._app_base}:workers"
         self.revoked = f"{self._app_base}:revoked"

@@ -14,9 +14,12 @@ from importlib import resources
 __all__ = (
     "BURY",
     "CLAIM",
+    "FIRE",
     "JOIN",
+    "LEAD",
     "RENEW",
     "REQUEUE",
+    "RESIGN",
     "RETRY",
     "REVIVE",
     "REVOKE",
@@ -59,6 +62,9 @@ BURY = _load("bury")
 REVIVE = _load("revive")
 JOIN = _load("join")
 UNIQUE = _load("unique")
+LEAD = _load("lead")
+RESIGN = _load("resign")
+FIRE = _load("fire")
 SCRIPTS: tuple[Script, ...] = (
     CLAIM,
     REQUEUE,
@@ -70,4 +76,7 @@ SCRIPTS: tuple[Script, ...] = (
     SETTLE,
     JOIN,
     UNIQUE,
+    LEAD,
+    RESIGN,
+    FIRE,
 )
