@@ -461,6 +461,7 @@ def test_keys_and_memory_stay_bounded(start_worker: WorkerFactory, r: redis.Redi
         start_worker(APP, concurrency=2, env=env)
     keys, qk = apps.app.keys, queue_keys()
     fixed = {keys.events, keys.queues, keys.workers, qk.consumers, qk.wake, apps.RUNS}
+    fixed |= {keys.worker_status(w.decode()) for w in r.zrange(keys.workers, 0, -1)}  # 1 each
     result_key = re.compile(re.escape(keys.result("")) + "[0-9a-f]{32}$")
 
     def settle() -> int:
