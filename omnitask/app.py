@@ -33,6 +33,7 @@ from omnitask.deadletters import DeadLetters
 from omnitask.errors import BrokerConnectionError, ConfigurationError, TaskNotRegisteredError
 from omnitask.events import EventStream
 from omnitask.producer import Call, OptionsLike, seconds
+from omnitask.ratelimit import Limits
 from omnitask.result import AsyncResult
 from omnitask.retry import RetryPolicy
 from omnitask.serialization import SERIALIZER_NAMES, get_serializer
@@ -284,6 +285,9 @@ class OmniTask:
         unique_for: float | timedelta | None = None,
         unique_key: Callable[..., str] | None = None,
         unique_mode: Literal["throttle", "debounce"] = "throttle",
+        rate_limit: str | None = None,
+        concurrency_limit: int | None = None,
+        limit_key: Callable[..., str] | None = None,
         bind: Literal[False] = False,
         **unknown: Never,
     ) -> TaskDecorator: ...
@@ -311,6 +315,9 @@ class OmniTask:
         unique_for: float | timedelta | None = None,
         unique_key: Callable[..., str] | None = None,
         unique_mode: Literal["throttle", "debounce"] = "throttle",
+        rate_limit: str | None = None,
+        concurrency_limit: int | None = None,
+        limit_key: Callable[..., str] | None = None,
         bind: Literal[True],
         **unknown: Never,
     ) -> BoundTaskDecorator: ...
@@ -342,6 +349,9 @@ class OmniTask:
         unique_for: float | timedelta | None = None,
         unique_key: Callable[..., str] | None = None,
         unique_mode: Literal["throttle", "debounce"] = "throttle",
+        rate_limit: str | None = None,
+        concurrency_limit: int | None = None,
+        limit_key: Callable[..., str] | None = None,
         bind: bool = False,
         **unknown: Never,
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
@@ -374,6 +384,12 @@ class OmniTask:
                 name and all the arguments).
             unique_mode: ``"throttle"`` keeps the first call of a window; ``"debounce"`` runs
                 the task once, ``unique_for`` after the last call, with its arguments.
+            rate_limit: At most this many runs per period across every worker, e.g.
+                ``"100/m"`` (per ``s``, ``m``, ``h`` or ``d``), spread evenly; tasks over the
+                limit wait in Redis.
+            concurrency_limit: At most this many runs at once across every worker.
+            limit_key: Splits the rate limit and the cap by a key computed from the
+                call's arguments (one limit per tenant, say).
             bind: Pass the task itself as the first argument (for ``self.request`` and
                 ``self.retry()``).
             **unknown: Not accepted: any other keyword is reported as an unknown option.
@@ -388,6 +404,7 @@ class OmniTask:
             retries, retry_on, retry_backoff, retry_backoff_max, retry_jitter, retry_delay
         )
         unique = UniquePolicy.build(unique_for, unique_key, unique_mode)
+        limits = Limits.build(rate_limit, concurrency_limit, limit_key)
         for option, value in (("time_limit", time_limit), ("soft_time_limit", soft_time_limit)):
             if value is not None and seconds(option, value) == 0:
                 raise ConfigurationError(f"{option} must be greater than 0 (None: no limit)")
@@ -416,6 +433,7 @@ class OmniTask:
                 time_limit=time_limit,
                 soft_time_limit=soft_time_limit,
                 unique=unique,
+                limits=limits,
             )
             if queue is not None:
                 self.keys.queue(queue)  # checks the name now, not at the first delay()

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from omnitask.app import OmniTask
+    from omnitask.ratelimit import Limits
     from omnitask.unique import UniquePolicy
 
 __all__ = ("AsyncTask", "Task")
@@ -47,6 +48,7 @@ class Task(Generic[P, R]):
         ignore_result: True when results are not stored.
         is_async: True for an ``async def`` function, which workers run on an event loop.
         unique: How sends are kept unique (``unique_for``), or None.
+        limits: Its rate limit and concurrency cap, or None.
     """
 
     def __init__(
@@ -67,6 +69,7 @@ class Task(Generic[P, R]):
         time_limit: float | timedelta | None = None,
         soft_time_limit: float | timedelta | None = None,
         unique: UniquePolicy | None = None,
+        limits: Limits | None = None,
     ) -> None:
         """Wrap ``fn``; options left None take the app's setting when they are used."""
         self.app = app
@@ -79,6 +82,7 @@ class Task(Generic[P, R]):
         self.retry_policy = retry
         self.bind = bind
         self.unique = unique
+        self.limits = limits
         # Workers run coroutine functions on their event loop, the others in the main thread.
         self.is_async = inspect.iscoroutinefunction(fn)
         self.time_limit_s = None if time_limit is None else seconds("time_limit", time_limit)

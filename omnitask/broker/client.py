@@ -15,6 +15,7 @@ from redis.retry import Retry
 from omnitask.broker import commands as cmd
 from omnitask.broker.keys import WAKE_TOKENS_MAX, Keyspace, QueueKeys
 from omnitask.broker.scripts import (
+    ADMIT,
     BURY,
     CLAIM,
     RENEW,
@@ -451,6 +452,28 @@ class Broker:
             *event_fields,
         ]
         return bool(self._eval(BURY, keys, args))
+
+    def admit(
+        self,
+        queue: str,
+        consumer: str,
+        body: bytes,
+        task_id: str,
+        limit: str,
+        interval_ms: int,
+        cap: int,
+        cap_lifetime_ms: int,
+        recheck_ms: int,
+    ) -> int:
+        """Admit a claimed task under its limits, or put it back to wait (``lua/admit.lua``).
+
+        Returns 0 when it may run, else the due time it waits for (server ms), or -1 when
+        the consumer no longer holds it.
+        """
+        qk = self.keys.queue(queue)
+        keys = [qk.proc(consumer), qk.delayed, self.keys.rate(limit), self.keys.cap(limit)]
+        args = [body, task_id, interval_ms, 0, cap, cap_lifetime_ms, recheck_ms]
+        return int(self._eval(ADMIT, keys, args))
 
     def retry(
         self,

@@ -25,6 +25,8 @@ touches both tags in one step, which needs a single Redis server; Cluster is not
 | ``P:{A}:beat:schedules`` | HASH | periodic schedule name -> its entry (msgpack, ``omnitask/schedules.py``) | one per schedule |
 | ``P:{A}:beat:fired`` | HASH | periodic schedule name -> the latest slot (unix ms) sent or skipped; a slot at or before it never runs again (``lua/fire.lua``) | one per schedule; deleted with it |
 | ``P:{A}:beat:leader`` | STRING | the id of the beat that leads (``lua/lead.lua``, ``lua/resign.lua``) | ``beat_lease_s``, renewed by the leader |
+| ``P:{A}:rl:<task>[:<key>]`` | STRING | a rate limit's theoretical arrival time, GCRA (``lua/admit.lua``) | expires when the limit is idle |
+| ``P:{A}:cap:<task>[:<key>]`` | ZSET | task ids running under a concurrency cap, score = when the entry lapses | the cap; entries lapse, the ack removes its own |
 | ``P:{A}:workers`` | ZSET | live worker names, score = last heartbeat (unix ms) | pruned by heartbeats |
 | ``P:{A}:w:<worker>`` | HASH | a worker's status: pid, host, start time, concurrency, queues, registered task names, the sync task each child runs | expires 3 heartbeats after the last one; deleted when the worker stops |
 | ``P:{A}:ctl:<worker>`` | LIST | control commands (JSON) waiting for a worker, which reads and deletes them with its heartbeat | expires with the sender's timeout; deleted when the worker starts |
@@ -146,6 +148,14 @@ class Keyspace:
     def state(self, task_id: str) -> str:
         """The string that holds a task's latest non-final state."""
         return f"{self._app_base}:s:{task_id}"
+
+    def rate(self, limit: str) -> str:
+        """The GCRA state of a rate limit (a task name, or name and key hash)."""
+        return f"{self._app_base}:rl:{limit}"
+
+    def cap(self, limit: str) -> str:
+        """The running tasks under a concurrency cap (a task name, or name and key hash)."""
+        return f"{self._app_base}:cap:{limit}"
 
     def chord(self, chord_id: str) -> str:
         """The hash where a chord's header results gather (see ``lua/join.lua``)."""

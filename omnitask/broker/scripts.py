@@ -12,6 +12,7 @@ import hashlib
 from importlib import resources
 
 __all__ = (
+    "ADMIT",
     "BURY",
     "CLAIM",
     "FIRE",
@@ -62,6 +63,7 @@ BURY = _load("bury")
 REVIVE = _load("revive")
 JOIN = _load("join")
 UNIQUE = _load("unique")
+ADMIT = _load("admit")
 LEAD = _load("lead")
 RESIGN = _load("resign")
 FIRE = _load("fire")
@@ -76,6 +78,7 @@ SCRIPTS: tuple[Script, ...] = (
     SETTLE,
     JOIN,
     UNIQUE,
+    ADMIT,
     LEAD,
     RESIGN,
     FIRE,

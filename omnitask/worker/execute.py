@@ -39,6 +39,7 @@ from omnitask.messages import (
     ms_to_datetime,
     now_ms,
 )
+from omnitask.ratelimit import CAP_ENTRY_DEFAULT_S, CAP_RECHECK_MS
 from omnitask.result import TaskState
 from omnitask.result import _value as result_value
 from omnitask.retry import Retry
@@ -104,6 +105,7 @@ class Executor:
         # count is exact whenever a claim runs.
         self.lock = threading.Lock()
         self._held: dict[str, int] = {}  # queue -> async tasks claimed and not yet finished
+        self._capped: dict[str, str] = {}  # task id -> the cap it runs under
         self.app = app
         self.consumer = consumer
         self._io = io
@@ -148,6 +150,9 @@ class Executor:
         request = self._request(queue, claimed, envelope, task)
         if request is None:
             return None
+        if task.limits is not None and not self._admit(_Run(queue, claimed.body, envelope, task),
+                                                       request):  # fmt: skip
+            return None  # waits in Redis until it may run
         if task.is_async:
             self._submit(_Run(queue, claimed.body, envelope, task), request)
             return None
@@ -252,6 +257,40 @@ class Executor:
             worker=self.consumer,
         )
 
+    def _admit(self, run: _Run, request: Request) -> bool:
+        """Whether a task with a rate limit or cap may run now; if not, it went back to wait."""
+        task = run.task
+        limits = task.limits
+        assert limits is not None
+        try:
+            limit = task.name + limits.suffix(task, request.args, request.kwargs)
+        except Exception as exc:  # noqa: BLE001 - a failing limit_key: this call cannot run
+            self._bury(run.queue, run.body, "bad-arguments", f"limit_key: {exc}", run.envelope,
+                       task)  # fmt: skip
+            return False
+        hard = self._limits(task, run.envelope)[0]
+        lifetime_ms = int((hard or CAP_ENTRY_DEFAULT_S) * 1000) + 1000
+        due = self._io(
+            lambda: self.broker.admit(
+                run.queue, self.consumer, run.body, request.id, limit, limits.interval_ms,
+                limits.cap or 0, lifetime_ms, CAP_RECHECK_MS,
+            )
+        )  # fmt: skip
+        if due == 0:
+            if limits.cap:
+                self._capped[request.id] = self.app.keys.cap(limit)
+            return True
+        if due < 0:
+            _warn_not_held(request.id)
+        else:
+            logger.debug("task waits for its limit task=%s id=%s", task.name, request.id)
+        return False
+
+    def _release(self, task_id: str) -> list[cmd.Command]:
+        """The command that frees a finished task's place under its concurrency cap."""
+        key = self._capped.pop(task_id, None)
+        return [] if key is None else [("ZREM", key, task_id)]
+
     def _gather(
         self, queue: str, body: bytes, envelope: Envelope, task: Task[Any, Any]
     ) -> tuple[Any, ...] | None:
@@ -333,8 +372,8 @@ class Executor:
         ttl_ms = int(task.result_ttl_s * 1000)
         data = self._record_bytes(record)
         result = None if task.ignore_result else (data, ttl_ms)
-        extra = canvas.on_success(self.app, envelope, value, data) if envelope.canvas else ()
-        return Ack(queue, body, envelope.id, result, event, extra)
+        extra = canvas.on_success(self.app, envelope, value, data) if envelope.canvas else []
+        return Ack(queue, body, envelope.id, result, event, [*extra, *self._release(envelope.id)])
 
     def _success_signals(self, request: Request, value: Any, runtime: float) -> None:
         outcome = Outcome(request, TaskState.SUCCESS.value, result=value, runtime_s=runtime)
@@ -525,6 +564,9 @@ class Executor:
         follow: tuple[Sequence[cmd.Command], Sequence[cmd.Command]] = ((), ()),
     ) -> Claim | None:
         """Acknowledge a task; ``follow`` is what its workflow does next (broker, results)."""
+        release = self._release(task_id)
+        if release:
+            follow = ([*follow[0], *release], follow[1])
 
         def step() -> tuple[bool, Claim | None]:
             def ack(held: int) -> tuple[bool, Claim | None]:
@@ -653,6 +695,9 @@ class Executor:
                 event_fields,
             )
         )
+        release = self._release(envelope.id)
+        if release:  # its next run is admitted afresh; a crash before this frees it at lapse
+            self._io(lambda: self.broker.run(release))
 
     def _revoke(
         self,
