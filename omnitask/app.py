@@ -45,6 +45,8 @@ from omnitask.unique import UniquePolicy, send_unique
 if TYPE_CHECKING:
     from typing_extensions import Never, Unpack
 
+    from omnitask.control import Control
+    from omnitask.inspect import Inspector
     from omnitask.periodic import Schedules
     from omnitask.schedules import Periodic, PeriodicDecorator, ScheduleLike
 
@@ -519,6 +521,20 @@ class OmniTask:
     def dead_letters(self) -> DeadLetters:
         """Inspect, requeue and purge the app's dead letters."""
         return DeadLetters(self)
+
+    @property
+    def inspect(self) -> Inspector:
+        """Read what the app's workers run and what its queues hold (``omnitask inspect``)."""
+        from omnitask.inspect import Inspector  # the CLI's module: loaded only when used
+
+        return Inspector(self)
+
+    @property
+    def control(self) -> Control:
+        """Send commands to the app's workers, pause queues, purge (``omnitask control``)."""
+        from omnitask.control import Control
+
+        return Control(self)
 
     # -- periodic tasks (omnitask/schedules.py, omnitask/periodic.py, omnitask/beat.py) -------
 
