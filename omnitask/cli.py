@@ -66,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
         help="event loop of async tasks (default: asyncio)",
     )
     worker.add_argument(
+        "--autoscale",
+        metavar="MAX,MIN[,IDLE]",
+        help="grow the pool up to MAX processes while tasks wait, shrink to MIN after IDLE "
+        "seconds (30) without work; overrides -c",
+    )
+    worker.add_argument(
         "--lease",
         type=float,
         help="seconds a crashed worker's tasks wait before redelivery (see the workers guide)",
@@ -138,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _worker(app: OmniTask, args: argparse.Namespace) -> int:
+    from omnitask.worker.autoscale import parse_autoscale
     from omnitask.worker.supervisor import Supervisor
 
     flags = {
@@ -159,8 +166,11 @@ def _worker(app: OmniTask, args: argparse.Namespace) -> int:
     for queue in queues:
         app.keys.queue(queue)
     app.connect()
-    supervisor = Supervisor(app, queues, app.conf.concurrency, name=args.hostname)
-    print(_banner(app, supervisor.name, queues, app.conf.concurrency), flush=True)  # noqa: T201
+    autoscale = parse_autoscale(args.autoscale) if args.autoscale else None
+    concurrency = autoscale.least if autoscale else app.conf.concurrency
+    supervisor = Supervisor(app, queues, concurrency, name=args.hostname, autoscale=autoscale)
+    size = f"{autoscale.least} to {autoscale.most}" if autoscale else str(concurrency)
+    print(_banner(app, supervisor.name, queues, size), flush=True)  # noqa: T201
     beat = beat_cli.start_embedded(app) if args.beat else None
     try:
         return supervisor.run()
@@ -174,7 +184,7 @@ def _reload(app_spec: str, argv: Sequence[str]) -> int:
     return Reloader(app_spec, argv).run()
 
 
-def _banner(app: OmniTask, name: str, queues: Sequence[str], concurrency: int) -> str:
+def _banner(app: OmniTask, name: str, queues: Sequence[str], concurrency: int | str) -> str:
     conf = app.conf
     results = "same Redis as broker" if conf.result_backend is None else mask_url(conf.result_url)
     lines = [

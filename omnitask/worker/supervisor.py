@@ -40,6 +40,7 @@ from omnitask.broker.client import Broker
 from omnitask.context import WorkerInfo
 from omnitask.errors import TimeLimitExceeded
 from omnitask.messages import now_ms
+from omnitask.worker.autoscale import Autoscale, Autoscaler
 from omnitask.worker.child import Child
 from omnitask.worker.execute import Executor
 from omnitask.worker.limits import LOCK_TIMEOUT_S, RunSlot
@@ -81,9 +82,19 @@ class Supervisor:
     """Runs a worker: ``concurrency`` children consuming ``queues`` of ``app``."""
 
     def __init__(
-        self, app: OmniTask, queues: Sequence[str], concurrency: int, *, name: str | None = None
+        self,
+        app: OmniTask,
+        queues: Sequence[str],
+        concurrency: int,
+        *,
+        name: str | None = None,
+        autoscale: Autoscale | None = None,
     ) -> None:
-        """Prepare the worker; nothing starts until :meth:`run`."""
+        """Prepare the worker; nothing starts until :meth:`run`.
+
+        With ``autoscale``, ``concurrency`` is where the pool starts (its MIN).
+        """
+        self._autoscaler = None if autoscale is None else Autoscaler(autoscale)
         self.app = app
         self.queues = tuple(queues)
         self.concurrency = concurrency
@@ -197,6 +208,7 @@ class Supervisor:
                 next_renew = now + (renew_every if self._renew() else TICK_S)
             if now >= next_heartbeat:
                 self._obey(ctx, self._publish("worker-heartbeat"))
+                self._autoscale(ctx)
                 next_heartbeat = now + heartbeat_every
             wake_at = min(next_renew, next_heartbeat, *self._spawn_at)
             self._wait(min(max(0.0, wake_at - time.monotonic()), TICK_S))
@@ -483,11 +495,33 @@ class Supervisor:
             self._signals.append(signal.SIGTERM)
             return True, "warm shutdown started"
         if command.command == "pool-grow":
-            for _ in range(command.n):
-                self._spawn(ctx)
-            self.concurrency += command.n
-            return True, f"pool grown by {command.n} to {_processes(self.concurrency)}"
+            return self._grow(ctx, command.n)
         return self._shrink(command.n)
+
+    def _grow(self, ctx: BaseContext, n: int) -> tuple[bool, str]:
+        for _ in range(n):
+            self._spawn(ctx)
+        self.concurrency += n
+        return True, f"pool grown by {n} to {_processes(self.concurrency)}"
+
+    def _autoscale(self, ctx: BaseContext) -> None:
+        """Grow or shrink the pool with the queues' depth (``--autoscale``)."""
+        if self._autoscaler is None:
+            return
+        waiting = self._redis_step(
+            lambda: sum(self.broker.ready_count(q) for q in self.queues), what="queue depth"
+        )
+        if waiting is None:
+            return
+        busy = sum(
+            1
+            for consumer, slot in self._slots.items()
+            if consumer in self.children and consumer not in self._retiring and slot.task_id
+        )
+        change = self._autoscaler.change(waiting=waiting, busy=busy, processes=self.concurrency)
+        if change:
+            _, detail = self._grow(ctx, change) if change > 0 else self._shrink(-change)
+            logger.info("autoscale: %s (waiting=%d busy=%d)", detail, waiting, busy)
 
     def _shrink(self, n: int) -> tuple[bool, str]:
         """Stop ``n`` children warmly, idle ones first, keeping at least one."""
