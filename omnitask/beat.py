@@ -76,6 +76,7 @@ class Beat:
         self.renew_s = self.lease_s / 3
         self.leading_since_ms: int | None = None
         self._stopping = False
+        self._asked_lease = False
         self._wake_r = self._wake_w = -1
         self._lease_until = 0.0  # monotonic time until which this beat surely holds the lease
         self._next_lead = 0.0  # monotonic time of the next lease take or renewal
@@ -172,6 +173,7 @@ class Beat:
 
     def _lead(self) -> None:
         was_leading = self.leading
+        self._asked_lease = True
         started, sent = time.monotonic(), time.time()
         try:
             code, server_ms, left_ms = self.broker._eval(
@@ -205,7 +207,9 @@ class Beat:
         self._next_lead = time.monotonic()
 
     def _resign(self) -> None:
-        if self._lease_until == 0.0:
+        # Also when this beat does not believe it leads: a renewal whose reply was lost may
+        # have given it the lease. The script leaves another beat's lease alone.
+        if not self._asked_lease:
             return
         try:
             self.broker._eval(RESIGN, [self.app.keys.beat_leader], [self.name])

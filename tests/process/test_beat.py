@@ -137,11 +137,13 @@ def test_two_beats_send_each_slot_exactly_once(
     a, b = start(beats, redis_url, 2)
     started = time.time()
     wait_for(lambda: leader(r) is not None, 5, "a leader")
-    # Every 2.5 s the lease is taken from under the leader, as when it expires during a pause:
-    # the other beat takes over while the first still believes it leads, until it renews.
-    while time.time() - started < 10:
+    # Every 2.5 s the lease goes to the other beat, as when it expires during the leader's
+    # pause and the standby takes it: the old leader still believes it leads until it renews.
+    for _ in range(3):
         time.sleep(2.5)
-        r.delete(beatapp.app.keys.beat_leader)
+        other = b.name if leader(r) == a.name else a.name
+        r.set(beatapp.app.keys.beat_leader, other, px=int(LEASE_S * 1000))
+    time.sleep(max(0.0, started + 10 - time.time()))
     assert a.stop() == 0 and b.stop() == 0
     fired = slots(queued(r), CODE)
     duplicates = sum(n - 1 for n in Counter(fired).values())
@@ -150,8 +152,10 @@ def test_two_beats_send_each_slot_exactly_once(
     assert duplicates == 0
     assert sorted(fired) == expected, "a slot was skipped"
     assert len(fired) >= 8
-    # Both led at some point, so the hand-overs were real.
+    # Both led, and the old leader was refused when it tried to send after losing the lease.
     assert a.count("periodic run sent") > 0 and b.count("periodic run sent") > 0
+    refused = a.count("no longer leads") + b.count("no longer leads")
+    print(f"two beats: {refused} sends refused to a beat that had lost the lease")
     assert leader(r) is None  # the last leader gave the lease up on SIGTERM
 
 
