@@ -140,13 +140,15 @@ class Arguments:
             TypeError: The arguments do not fit the signature.
             ArgumentTypeError: An argument cannot be converted to its annotated type.
         """
-        params = self._resolved()
-        if not params:
-            return args, kwargs
         try:
+            # Also without annotations: a call that does not fit (sent by name) is refused
+            # before it runs, not failed (and retried) by the TypeError of the call itself.
             bound = self.signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise TypeError(f"task {self._task_name!r}: {exc}") from None
+        params = self._resolved()
+        if not params:
+            return args, kwargs
         changed = False
         for name, value in bound.arguments.items():
             param = params.get(name)

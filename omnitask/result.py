@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Generator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 from omnitask import awaiting, failure
 from omnitask.errors import ResultIgnoredError, SerializationError, TaskRevokedError
@@ -130,7 +130,13 @@ class AsyncResult(Generic[R]):
             return None
         return ms_to_datetime(record.date_ms)
 
-    def get(self, timeout: float | None = None, *, propagate: bool = True) -> R:
+    @overload
+    def get(self, timeout: float | None = None, *, propagate: Literal[True] = True) -> R: ...
+
+    @overload
+    def get(self, timeout: float | None = None, *, propagate: bool) -> R | BaseException: ...
+
+    def get(self, timeout: float | None = None, *, propagate: bool = True) -> R | BaseException:
         """Wait for the task to finish and return its result.
 
         Waiting blocks in Redis (no polling): it returns as soon as the result lands.
@@ -152,7 +158,19 @@ class AsyncResult(Generic[R]):
             self._arrived(self.app.broker.wait_result(self.id, timeout), timeout)
         return self._outcome(propagate)
 
-    async def get_async(self, timeout: float | None = None, *, propagate: bool = True) -> R:
+    @overload
+    async def get_async(
+        self, timeout: float | None = None, *, propagate: Literal[True] = True
+    ) -> R: ...
+
+    @overload
+    async def get_async(
+        self, timeout: float | None = None, *, propagate: bool
+    ) -> R | BaseException: ...
+
+    async def get_async(
+        self, timeout: float | None = None, *, propagate: bool = True
+    ) -> R | BaseException:
         """Await the task's result without blocking the event loop (asyncio or trio).
 
         The awaitable form of :meth:`get`, with the same arguments and errors; ``await
@@ -175,7 +193,7 @@ class AsyncResult(Generic[R]):
             raise ResultTimeoutError(f"no result for task {self.id} within {timeout} s")
         self._final = decode_result(data)
 
-    def _outcome(self, propagate: bool) -> R:
+    def _outcome(self, propagate: bool) -> R | BaseException:
         assert self._final is not None
         value = _value(self._final, self.app)
         if isinstance(value, BaseException) and propagate:

@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Mapping
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from omnitask import failure
 from omnitask.context import CURRENT_REQUEST, Outcome, Request
@@ -111,7 +111,13 @@ class EagerResult(AsyncResult[R]):
         """
         return [(record.state, _info(record)) for record in self._states]
 
-    def get(self, timeout: float | None = None, *, propagate: bool = True) -> R:
+    @overload
+    def get(self, timeout: float | None = None, *, propagate: Literal[True] = True) -> R: ...
+
+    @overload
+    def get(self, timeout: float | None = None, *, propagate: bool) -> R | BaseException: ...
+
+    def get(self, timeout: float | None = None, *, propagate: bool = True) -> R | BaseException:
         """Return the task's result at once: the task has already run.
 
         Args:
@@ -132,7 +138,19 @@ class EagerResult(AsyncResult[R]):
         # With the final record held, AsyncResult.get decodes it and asks Redis nothing.
         return super().get(timeout, propagate=propagate)
 
-    async def get_async(self, timeout: float | None = None, *, propagate: bool = True) -> R:
+    @overload
+    async def get_async(
+        self, timeout: float | None = None, *, propagate: Literal[True] = True
+    ) -> R: ...
+
+    @overload
+    async def get_async(
+        self, timeout: float | None = None, *, propagate: bool
+    ) -> R | BaseException: ...
+
+    async def get_async(
+        self, timeout: float | None = None, *, propagate: bool = True
+    ) -> R | BaseException:
         """The awaitable form of :meth:`get`: the result is already here, nothing is awaited."""
         return self.get(timeout, propagate=propagate)
 

@@ -500,10 +500,13 @@ class Executor:
         token = CURRENT_REQUEST.set(request)
         try:
             with scope:
-                return await task.fn(*args, **request.kwargs)
+                value = await task.fn(*args, **request.kwargs)
+            if not scope.cancel_called:
+                return value
         finally:
             CURRENT_REQUEST.reset(token)
-        # Reached only when the scope swallowed a cancellation: say which one it was.
+        # Cancelled: the scope swallowed the cancellation, or the task caught it and returned
+        # anyway (a run past its limit still fails). Say which cancellation it was.
         reason = self.runner.cancel_reason(request.id) if self.runner else None
         if reason == CancelReason.SHUTDOWN:
             raise _Abandoned

@@ -93,3 +93,13 @@ async def which_loop() -> str:
     except RuntimeError:
         return "trio"
     return "asyncio"
+
+
+@app.task(time_limit=0.3)
+async def stubborn() -> str:
+    """Catches the cancellation at its limit and returns anyway: still a failed run."""
+    try:
+        await anyio.sleep(5)
+    except anyio.get_cancelled_exc_class():
+        return "ignored the limit"
+    return "done"

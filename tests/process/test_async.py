@@ -80,6 +80,8 @@ def test_time_limits_cancel_the_task(start_worker: WorkerFactory, r: redis.Redis
     assert log(r) == ["cleaned-up"]  # the task's finally ran: cancelled, not killed
     with pytest.raises(SoftTimeLimitExceeded):
         aio.soft_overrun.delay().get(timeout=5)
+    with pytest.raises(TimeLimitExceeded):  # caught the cancellation and returned: still late
+        aio.stubborn.delay().get(timeout=5)
     # The child was not killed for either: it still answers at once.
     assert aio.add.delay(2, 2).get(timeout=2) == 4
 

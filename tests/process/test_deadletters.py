@@ -324,5 +324,9 @@ def test_arguments_of_the_wrong_type_sent_by_name_are_dead_lettered(
     refused = basic.app.send_task(ADD, ("one", 2))
     with pytest.raises(ArgumentTypeError, match="argument 'x' cannot be read as int"):
         refused.get(timeout=5)
-    (letter,) = dead.list(reason="bad-arguments")
-    assert letter.task_id == refused.id and "'x'" in letter.detail
+    missing = basic.app.send_task(ADD, (1,))  # does not fit the signature: never runs
+    with pytest.raises(TypeError, match="missing a required argument: 'y'"):
+        missing.get(timeout=5)
+    letters = dead.list(reason="bad-arguments")
+    assert {d.task_id for d in letters} == {refused.id, missing.id}
+    assert any("'x'" in d.detail for d in letters)

@@ -71,3 +71,6 @@ async def caller() -> None:
     await crawl.delay_async()  # E: call-arg
     await add.send_async((1, 2), countdon=1)  # E: call-arg
     blob: str = await fetch.delay("u")  # E: assignment  # noqa: F841
+
+
+assert_type(add.delay(1, 2).get(propagate=False), "int | BaseException")
