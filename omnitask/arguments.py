@@ -109,6 +109,12 @@ class Arguments:
             params[name] = _Param(name, param.kind, annotation)
         return params
 
+    def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> inspect.BoundArguments:
+        try:
+            return self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"task {self._task_name!r}: {exc}") from None
+
     def check(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Check a call as ``.delay()`` receives it.
 
@@ -116,10 +122,7 @@ class Arguments:
             TypeError: The arguments do not fit the signature (missing, unexpected ...).
             ArgumentTypeError: An argument does not match its annotation.
         """
-        try:
-            bound = self.signature.bind(*args, **kwargs)
-        except TypeError as exc:
-            raise TypeError(f"task {self._task_name!r}: {exc}") from None
+        bound = self._bind(args, kwargs)
         params = self._resolved()
         if not params:
             return
@@ -140,12 +143,9 @@ class Arguments:
             TypeError: The arguments do not fit the signature.
             ArgumentTypeError: An argument cannot be converted to its annotated type.
         """
-        try:
-            # Also without annotations: a call that does not fit (sent by name) is refused
-            # before it runs, not failed (and retried) by the TypeError of the call itself.
-            bound = self.signature.bind(*args, **kwargs)
-        except TypeError as exc:
-            raise TypeError(f"task {self._task_name!r}: {exc}") from None
+        # Also without annotations: a call that does not fit (sent by name) is refused before
+        # it runs, not failed (and retried) by the TypeError of the call itself.
+        bound = self._bind(args, kwargs)
         params = self._resolved()
         if not params:
             return args, kwargs
