@@ -9,7 +9,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from omnitask import __version__, beat_cli, dlq_cli, inspect_cli
+from omnitask import __version__, beat_cli, dashboard_cli, dlq_cli, inspect_cli
 from omnitask.app import OmniTask
 from omnitask.config import mask_url
 from omnitask.errors import OmnitaskError
@@ -97,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     dlq_cli.add_parser(sub)
     beat_cli.add_parser(sub)
     inspect_cli.add_parser(sub)
+    dashboard_cli.add_parser(sub)
     return parser
 
 
@@ -133,6 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _worker(app, args)
         if args.command == "dlq":
             return dlq_cli.run(app, args)
+        if args.command == "dashboard":
+            return dashboard_cli.run(app, args)
         if args.command in inspect_cli.COMMANDS:
             return inspect_cli.run(app, args)
         return _events(app, args)
