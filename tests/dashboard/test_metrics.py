@@ -1,0 +1,154 @@
+"""Prometheus metrics: the collector on its own (events written by hand), and /metrics served
+by a real dashboard with a real worker, parsed with prometheus_client's text parser."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pytest
+import redis
+from prometheus_client.core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+
+from omnitask import OmniTask
+from omnitask.metrics import RUNTIME_BUCKETS, OmnitaskCollector
+from tests.conftest import WorkerFactory, wait_for
+from tests.dashboard import app as dash
+from tests.dashboard.conftest import APP, WORKER_ENV, DashboardFactory, free_port
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def samples(families: Iterable[Metric]) -> Samples:
+    """(sample name, sorted labels) -> value."""
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families for s in f.samples}
+
+
+def value(found: Samples, metric: str, **labels: str) -> float | None:
+    return found.get((metric, tuple(sorted(labels.items()))))
+
+
+def publish(r: redis.Redis, app: OmniTask, kind: str, *fields: str) -> None:
+    """Write one event as a worker's script would."""
+    pairs = dict(zip(fields[::2], fields[1::2], strict=True))
+    r.xadd(app.keys.events, {"e": kind, **pairs})
+
+
+def test_collector_counts_events_since_it_started_and_the_window(
+    app: OmniTask, r: redis.Redis
+) -> None:
+    add = "tests.dashboard.app.add"
+    publish(r, app, "task-sent", "i", "old", "n", add, "q", "default")
+    publish(
+        r, app, "task-succeeded", "i", "old", "n", add, "q", "default", "w", "w1/a.1", "rt", "0.2"
+    )
+    collector = OmnitaskCollector(app)
+    first = samples(collector.collect())
+    assert value(first, "omnitask_up") == 1
+    assert value(first, "omnitask_tasks", name=add, state="SUCCESS") == 1  # the window
+    # Counters start with the collector: events from before are not counted.
+    assert value(first, "omnitask_task_events_total", name=add, kind="succeeded") is None
+
+    for task_id, runtime in (("a", "0.003"), ("b", "0.2"), ("c", "7")):
+        publish(r, app, "task-started", "i", task_id, "n", add, "q", "default", "w", "w1/a.1")
+        publish(
+            r,
+            app,
+            "task-succeeded",
+            "i",
+            task_id,
+            "n",
+            add,
+            "q",
+            "default",
+            "w",
+            "w2/b.1",
+            "rt",
+            runtime,
+        )
+    publish(r, app, "task-retried", "i", "d", "n", add, "q", "default", "w", "w1/a.1")
+    found = samples(collector.collect())
+    assert value(found, "omnitask_task_events_total", name=add, kind="succeeded") == 3
+    assert value(found, "omnitask_task_events_total", name=add, kind="started") == 3
+    assert value(found, "omnitask_task_events_total", name=add, kind="retried") == 1
+    assert value(found, "omnitask_tasks", name=add, state="SUCCESS") == 4
+    assert value(found, "omnitask_tasks", name=add, state="RETRY") == 1
+    assert value(found, "omnitask_task_retries", name=add) == 1
+    hist = "omnitask_task_runtime_seconds"
+    assert value(found, f"{hist}_count", name=add) == 3
+    assert value(found, f"{hist}_sum", name=add) == pytest.approx(7.203)
+    assert value(found, f"{hist}_bucket", name=add, le="0.005") == 1
+    assert value(found, f"{hist}_bucket", name=add, le="0.25") == 2
+    assert value(found, f"{hist}_bucket", name=add, le="5.0") == 2
+    assert value(found, f"{hist}_bucket", name=add, le="10.0") == 3
+    assert value(found, f"{hist}_bucket", name=add, le="+Inf") == 3
+    assert len([k for k in found if k[0] == f"{hist}_bucket"]) == len(RUNTIME_BUCKETS) + 1
+    # A second scrape with nothing new counts nothing twice.
+    again = samples(collector.collect())
+    assert value(again, "omnitask_task_events_total", name=add, kind="succeeded") == 3
+
+    # A worker's own exporter counts only that worker's runs, and leaves queues out.
+    mine = OmnitaskCollector(app, worker="w2")
+    samples(mine.collect())
+    publish(r, app, "task-succeeded", "i", "e", "n", add, "q", "default", "w", "w2/b.1", "rt", "1")
+    publish(r, app, "task-succeeded", "i", "f", "n", add, "q", "default", "w", "w1/a.1", "rt", "1")
+    own = samples(mine.collect())
+    assert value(own, "omnitask_task_events_total", name=add, kind="succeeded") == 1
+    assert value(own, "omnitask_tasks", name=add, state="SUCCESS") == 4  # a, b, c and e ran on w2
+    assert not [k for k in own if k[0].startswith("omnitask_queue_")]
+
+
+def test_collector_says_when_redis_is_down() -> None:
+    app = OmniTask("tdown", broker=f"redis://127.0.0.1:{free_port()}/0", connect_timeout_s=0.2)
+    found = samples(OmnitaskCollector(app).collect())
+    assert found == {("omnitask_up", ()): 0.0}
+
+
+@pytest.mark.process
+def test_metrics_endpoint(
+    app: OmniTask, start_worker: WorkerFactory, start_dashboard: DashboardFactory, r: redis.Redis
+) -> None:
+    start_worker(APP, "-n", "dash-w1", env=WORKER_ENV)
+    board = start_dashboard()
+    board.get("/metrics")  # the collector starts counting here
+    for i in range(3):
+        assert dash.add.delay(i, 1).get(timeout=10) == i + 1
+    assert dash.retry_once.delay("r").get(timeout=10) == "r"
+    failed = dash.fragile.delay("x")
+    wait_for(lambda: app.dead_letters.count() == 1, what="a dead letter")
+    dash.add.apply_async((1, 1), queue="slow", priority=3)
+    wait_for(lambda: failed.state == "FAILURE", what="the failure")
+
+    reply = board.get("/metrics")
+    assert reply.status == 200 and reply.headers["content-type"].startswith("text/plain")
+    families = list(text_string_to_metric_families(reply.text))
+    types = {f.name: f.type for f in families}
+    assert types["omnitask_task_events"] == "counter"
+    assert types["omnitask_task_runtime_seconds"] == "histogram"
+    assert types["omnitask_queue_depth"] == "gauge"
+    found = samples(families)
+    add, retry_once = "tests.dashboard.app.add", "tests.dashboard.app.retry_once"
+    fragile = "tests.dashboard.app.fragile"
+    assert value(found, "omnitask_up") == 1
+    assert value(found, "omnitask_worker_up", worker="dash-w1") == 1
+    assert value(found, "omnitask_worker_concurrency", worker="dash-w1") == 1
+    assert value(found, "omnitask_worker_heartbeat_age_seconds", worker="dash-w1") < 5
+    assert value(found, "omnitask_queue_depth", queue="slow") == 1
+    assert value(found, "omnitask_queue_ready", queue="slow", priority="3") == 1
+    assert value(found, "omnitask_queue_ready", queue="slow", priority="9") == 0
+    assert value(found, "omnitask_queue_oldest_age_seconds", queue="slow") >= 0
+    assert value(found, "omnitask_queue_consumers", queue="default") == 1
+    assert value(found, "omnitask_queue_paused", queue="default") == 0
+    assert value(found, "omnitask_dead_letters", queue="default") == 1
+    assert value(found, "omnitask_tasks", name=add, state="SUCCESS") == 3
+    assert value(found, "omnitask_tasks", name=add, state="PENDING") == 1
+    assert value(found, "omnitask_tasks", name=fragile, state="FAILURE") == 1
+    assert value(found, "omnitask_tasks", name=retry_once, state="SUCCESS") == 1
+    assert value(found, "omnitask_task_retries", name=retry_once) == 1
+    assert value(found, "omnitask_task_events_total", name=add, kind="succeeded") == 3
+    assert value(found, "omnitask_task_events_total", name=add, kind="sent") == 4
+    assert value(found, "omnitask_task_events_total", name=retry_once, kind="retried") == 1
+    assert value(found, "omnitask_task_events_total", name=fragile, kind="failed") == 1
+    assert value(found, "omnitask_task_runtime_seconds_count", name=add) == 3
+    assert value(found, "omnitask_task_runtime_seconds_count", name=retry_once) == 1
+    assert value(found, "omnitask_events_window_seconds") > 0
