@@ -251,13 +251,15 @@ def test_missed_runs_once_or_skipped_when_a_beat_comes_back(
         "an on-time run of gap-skip",
     )
     assert beat.stop() == 0
-    once_late = [s for s in slots(queued(r), "gap-once") if s < missed_before]
-    skip_late = [s for s in slots(queued(r), "gap-skip") if s < missed_before]
-    latest_missed = int(missed_before) // period_ms * period_ms
-    assert once_late == [latest_missed]  # made up once, the latest only: no burst
-    assert skip_late == []
-    assert latest_missed > once.since_ms + period_ms  # more than one slot was missed
-    assert beat.count("periodic run skipped schedule=gap-skip") == 1
+    # Of the slots due before the beat led, exactly one ran (the latest): made up once if it
+    # was missed, or on time when a slow start made it fall within the hand-over tolerance
+    # (a loaded machine); never a burst. gap-skip made up none.
+    latest_due = int(since) // period_ms * period_ms
+    assert [s for s in slots(queued(r), "gap-once") if s < since] == [latest_due]
+    assert [s for s in slots(queued(r), "gap-skip") if s < missed_before] == []
+    assert latest_due > once.since_ms + period_ms  # more than one slot was missed
+    skipped = beat.count("periodic run skipped schedule=gap-skip")
+    assert skipped == (1 if latest_due < missed_before else 0)
 
 
 def test_worker_with_an_embedded_beat(
