@@ -73,7 +73,9 @@
 
   function duration(seconds) {
     if (seconds === null || seconds === undefined) return "-";
-    if (seconds < 1) return (seconds * 1000).toFixed(seconds < 0.01 ? 1 : 0) + " ms";
+    if (seconds === 0) return "0";
+    if (seconds < 0.001) return Math.round(seconds * 1e6) + " µs";
+    if (seconds < 1) return +(seconds * 1000).toFixed(seconds < 0.01 ? 1 : 0) + " ms";
     if (seconds < 60) return seconds.toFixed(1) + " s";
     if (seconds < 3600) return Math.floor(seconds / 60) + " m " + Math.floor(seconds % 60) + " s";
     if (seconds < 86400) return Math.floor(seconds / 3600) + " h " + Math.floor((seconds % 3600) / 60) + " m";
@@ -117,12 +119,13 @@
   }
 
   // The confirmation dialog: resolves true on Confirm, false on Cancel or Escape.
-  function confirmDialog(text, okLabel) {
+  function confirmDialog(text, okLabel, danger) {
     const modal = document.getElementById("modal");
     const ok = document.getElementById("modal-ok");
     const cancel = document.getElementById("modal-cancel");
     document.getElementById("modal-text").textContent = text;
     ok.textContent = okLabel;
+    ok.className = danger ? "danger" : "primary";
     modal.hidden = false;
     ok.focus();
     return new Promise((resolve) => {
@@ -151,7 +154,7 @@
         toast("Nothing to do: no matching dead letters.");
         return null;
       }
-      if (!(await confirmDialog(first.body.confirm, okLabel))) return null;
+      if (!(await confirmDialog(first.body.confirm, okLabel, path.endsWith("/purge")))) return null;
       return (await postJSON(path, Object.assign({}, body, { confirm: true }))).body;
     } catch (e) {
       toast(e.message, true);
@@ -194,7 +197,9 @@
     ctx.textAlign = "center";
     ctx.textBaseline = "top";
     const n = times.length;
-    for (const [i, label] of [[0, "-" + n + " s"], [Math.floor(n / 2), "-" + Math.ceil(n / 2) + " s"], [n - 1, "now"]]) {
+    const ticks = [[0, "-" + n + " s", "left"], [Math.floor(n / 2), "-" + Math.ceil(n / 2) + " s", "center"], [n - 1, "now", "right"]];
+    for (const [i, label, align] of ticks) {
+      ctx.textAlign = align;
       ctx.fillText(label, left + (plotW * i) / Math.max(1, n - 1), top + plotH + 4);
     }
     for (const s of series) {
