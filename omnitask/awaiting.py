@@ -16,9 +16,8 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
-from redis.asyncio import Redis as AsyncRedis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+
+from omnitask.broker.connect import async_client
 
 if TYPE_CHECKING:
     from omnitask.app import OmniTask
@@ -56,12 +55,7 @@ def _on_asyncio() -> bool:
 async def _wait_asyncio(app: OmniTask, task_id: str, timeout_s: float | None) -> bytes | None:
     # A client per wait: connections of redis-py's asyncio client belong to one event loop,
     # and a wait is long next to the connect.
-    client = AsyncRedis.from_url(
-        app.conf.result_url,
-        retry=Retry(NoBackoff(), 0),
-        socket_connect_timeout=app.conf.connect_timeout_s,
-        socket_keepalive=True,
-    )
+    client = async_client(app.conf.result_url, connect_timeout_s=app.conf.connect_timeout_s)
     key = app.keys.result(task_id)
     timeout = 0.0 if timeout_s is None else max(timeout_s, 0.001)
     try:

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
+from omnitask.broker.connect import is_sentinel_url, parse_sentinel_url
 from omnitask.broker.keys import check_name
 from omnitask.errors import ConfigurationError
 from omnitask.serialization import SERIALIZER_NAMES
@@ -69,7 +70,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     """Every setting of an app, with its default.
 
     Attributes:
-        broker_url: Redis URL of the broker (``redis://``, ``rediss://`` or ``unix://``).
+        broker_url: Redis URL of the broker (``redis://``, ``rediss://`` or ``unix://``), or
+            of its sentinels (``redis+sentinel://s1:26379,s2:26379/<master name>``).
         result_backend: Redis URL for results; None stores them in the broker's Redis.
         key_prefix: First part of every Redis key; apps with different names never collide.
         default_queue: Queue of tasks that name none.
@@ -188,9 +190,18 @@ _FIELDS = frozenset(Config.__struct_fields__)
 
 
 def _check_url(name: str, url: str) -> None:
+    if is_sentinel_url(url):
+        try:
+            parse_sentinel_url(url)
+        except ValueError as exc:
+            raise ValueError(f"{name} {mask_url(url)!r}: {exc}") from None
+        return
     scheme = urlsplit(url).scheme
     if scheme not in ("redis", "rediss", "unix"):
-        raise ValueError(f"{name} {mask_url(url)!r} is not a redis://, rediss:// or unix:// URL")
+        raise ValueError(
+            f"{name} {mask_url(url)!r} is not a redis://, rediss://, unix:// or "
+            "redis+sentinel:// URL"
+        )
 
 
 def load_config(settings: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
@@ -235,7 +246,7 @@ def _explain(message: str, origin: Mapping[str, str]) -> str:
 def mask_url(url: str) -> str:
     """Return ``url`` with its password replaced by ``***`` (for logs and banners)."""
     parts = urlsplit(url)
-    query = re.sub(r"((?:^|&)(?:ssl_)?password=)[^&]*", r"\1***", parts.query)
+    query = re.sub(r"((?:^|&)(?:ssl_|sentinel_)?password=)[^&]*", r"\1***", parts.query)
     parts = parts._replace(query=query)
     if parts.password is None:
         return urlunsplit(parts)

@@ -8,11 +8,11 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 import redis
-from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
-from redis.retry import Retry
+from redis.sentinel import MasterNotFoundError
 
 from omnitask.broker import commands as cmd
+from omnitask.broker.connect import sync_client
 from omnitask.broker.keys import WAKE_TOKENS_MAX, Keyspace, QueueKeys
 from omnitask.broker.scripts import (
     ADMIT,
@@ -95,13 +95,22 @@ def _run_multi(client: redis.Redis, commands: Sequence[cmd.Command]) -> list[Any
 
 
 def _failed_to_connect(exc: Exception) -> bool:
-    """Whether redis-py failed while opening the connection, so nothing was sent.
+    """Whether redis-py failed while opening the connection, so nothing was sent (or applied).
 
     redis-py words these errors "Error <errno> connecting to <host>" and "Timeout connecting
-    to server"; every error after a command was sent is worded otherwise.
+    to server"; every error after a command was sent is worded otherwise. Through Sentinel,
+    no sentinel naming a master that is up (MasterNotFoundError) is raised while connecting,
+    and "The previous master is now a slave" stands for a READONLY reply: the server was
+    demoted and refused the write (a replica applies none), so a MULTI was discarded.
     """
+    if isinstance(exc, MasterNotFoundError):
+        return True
     text = str(exc)
-    return "connecting to" in text or text.startswith("Timeout connecting")
+    return (
+        "connecting to" in text
+        or text.startswith("Timeout connecting")
+        or text == "The previous master is now a slave"
+    )
 
 
 def _parse_claim(reply: Sequence[Any]) -> Claim:
@@ -137,15 +146,11 @@ class Broker:
         self._known_queues: set[str] = set()
 
     def _client(self, url: str) -> redis.Redis:
-        # No silent re-sends by redis-py (some versions retry 3 times by default): a MULTI
-        # whose reply was lost may have applied, and only omnitask knows what is safe to
-        # repeat (claim returns orphans; retry and bury check ownership; see each caller).
-        return redis.Redis.from_url(
+        # Never re-sends a command by itself: see sync_client.
+        return sync_client(
             url,
-            retry=Retry(NoBackoff(), 0),
-            socket_connect_timeout=self.config.connect_timeout_s,
-            socket_timeout=self.socket_timeout_s,
-            socket_keepalive=True,
+            connect_timeout_s=self.config.connect_timeout_s,
+            socket_timeout_s=self.socket_timeout_s,
         )
 
     def close(self) -> None:
@@ -259,9 +264,10 @@ class Broker:
 
         Raises:
             BrokerConnectionError: Redis refused the credentials; nothing was queued.
-            BrokerUnavailable: Redis stayed unreachable for ``enqueue_timeout_s`` (nothing
-                was queued), or the connection broke after the step was sent (it may or may
-                not have applied: the message names the tasks).
+            BrokerUnavailable: Redis stayed unreachable for ``enqueue_timeout_s`` or refused
+                the write for want of replicas in sync (nothing was queued), or the connection
+                broke after the step was sent (it may or may not have applied: the message
+                names the tasks).
         """
         while True:
             try:
@@ -271,6 +277,16 @@ class Broker:
                 raise BrokerConnectionError(
                     f"Redis at {mask_url(self.config.broker_url)} refused the credentials; "
                     f"{len(task_ids)} task(s) not queued ({exc})"
+                ) from exc
+            except redis.ResponseError as exc:
+                if not str(exc).startswith("NOREPLICAS"):
+                    raise
+                # The master's min-replicas-to-write: fewer replicas in sync than it asks for,
+                # so it refused every write of the step (a MULTI is discarded whole).
+                raise BrokerUnavailable(
+                    f"Redis at {mask_url(self.config.broker_url)} refused the write: too few "
+                    f"replicas in sync (min-replicas-to-write); {len(task_ids)} task(s) not "
+                    f"queued ({exc})"
                 ) from exc
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 if not _failed_to_connect(exc):
