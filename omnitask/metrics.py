@@ -40,7 +40,8 @@ retried, revoked, rejected; runtimes: the ``rt`` field of task-succeeded events)
 
 With ``worker=`` (one worker's own exporter), task metrics count only the runs of that worker,
 the worker metrics are its own, and the queue metrics are left out (every worker would
-report the same numbers).
+report the same numbers). :func:`serve_worker_metrics` serves that from a worker's own
+process, started with the worker.
 """
 
 from __future__ import annotations
@@ -49,16 +50,17 @@ import bisect
 import logging
 import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
+from prometheus_client import start_http_server
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.registry import Collector
+from prometheus_client.registry import Collector, CollectorRegistry
 from redis.exceptions import RedisError
 
 from omnitask.broker.keys import PRIORITY_LEVELS
@@ -70,8 +72,9 @@ from omnitask.inspect import Inspector, QueueStats
 
 if TYPE_CHECKING:
     from omnitask.app import OmniTask
+    from omnitask.context import WorkerInfo
 
-__all__ = ("RUNTIME_BUCKETS", "OmnitaskCollector")
+__all__ = ("RUNTIME_BUCKETS", "OmnitaskCollector", "serve_worker_metrics")
 
 logger = logging.getLogger(__name__)
 
@@ -296,3 +299,34 @@ def _queue_metrics(queues: Sequence[QueueStats], now: int) -> Iterator[Metric]:
             ready.add_metric([*name, str(priority)], q.ready[priority])
     yield from families.values()
     yield ready
+
+
+def serve_worker_metrics(
+    app: OmniTask, port: int, *, host: str = "127.0.0.1"
+) -> Callable[[], None]:
+    """Serve each worker's own metrics on ``host:port`` from its main process, once it is ready.
+
+    Hooks ``worker_ready``: the worker that starts serves ``/metrics`` (any path, in fact)
+    with an :class:`OmnitaskCollector` for itself (``worker=`` its name), from a thread of
+    its supervisor. Call it where the app is defined, or from the worker command.
+
+    Returns:
+        A function that stops the server, if it started, and removes the hook.
+    """
+    servers: list[Any] = []
+
+    def start(info: WorkerInfo) -> None:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(OmnitaskCollector(app, worker=info.name))
+        server, _thread = start_http_server(port, addr=host, registry=registry)
+        servers.append(server)
+        logger.info("metrics: serving worker=%s host=%s port=%s", info.name, host, port)
+
+    def stop() -> None:
+        app.signals.worker_ready.disconnect(start)
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+
+    app.signals.worker_ready.connect(start)
+    return stop

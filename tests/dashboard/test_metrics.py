@@ -3,6 +3,8 @@ by a real dashboard with a real worker, parsed with prometheus_client's text par
 
 from __future__ import annotations
 
+import os
+import urllib.request
 from collections.abc import Iterable
 
 import pytest
@@ -11,7 +13,8 @@ from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from omnitask import OmniTask
-from omnitask.metrics import RUNTIME_BUCKETS, OmnitaskCollector
+from omnitask.context import WorkerInfo
+from omnitask.metrics import RUNTIME_BUCKETS, OmnitaskCollector, serve_worker_metrics
 from tests.conftest import WorkerFactory, wait_for
 from tests.dashboard import app as dash
 from tests.dashboard.conftest import APP, WORKER_ENV, DashboardFactory, free_port
@@ -152,3 +155,20 @@ def test_metrics_endpoint(
     assert value(found, "omnitask_task_runtime_seconds_count", name=add) == 3
     assert value(found, "omnitask_task_runtime_seconds_count", name=retry_once) == 1
     assert value(found, "omnitask_events_window_seconds") > 0
+
+
+def test_a_worker_serves_its_own_metrics_once_ready(app: OmniTask, r: redis.Redis) -> None:
+    port = free_port()
+    stop = serve_worker_metrics(app, port)
+    try:
+        publish(
+            r, app, "task-succeeded", "i", "a", "n", "t", "q", "default", "w", "w9/x.1", "rt", "1"
+        )
+        app.signals.worker_ready.send(WorkerInfo("w9", ("default",), os.getpid()))
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+            found = samples(text_string_to_metric_families(reply.read().decode()))
+    finally:
+        stop()
+    assert value(found, "omnitask_up") == 1
+    assert value(found, "omnitask_tasks", name="t", state="SUCCESS") == 1
+    assert not [k for k in found if k[0].startswith("omnitask_queue_")]
