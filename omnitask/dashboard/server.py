@@ -247,7 +247,7 @@ def create_app(
         Route("/api/workers", handlers.workers),
         Route("/api/queues", handlers.queues),
         Route("/api/tasks", handlers.task_list),
-        Route("/api/tasks/{task_id:str}", handlers.task),
+        Route("/api/tasks/{task_id:path}", handlers.task),  # ids may hold "/"
         Route("/api/throughput", handlers.throughput),
         Route("/api/dead-letters", handlers.dead_letters),
         Route("/api/dead-letters/requeue", handlers.requeue, methods=["POST"]),
