@@ -2,8 +2,10 @@
 
 A transition is a Lua script when it must read before it writes (claim, requeue, renew) or
 must check that the consumer still holds a task before changing it (retry, bury). The hot
-write-only ones (enqueue, ack) are MULTI blocks built in ``commands.py``: a script call costs
-about 30 µs of Redis CPU more than the same commands in MULTI (``INFO commandstats``).
+write-only ones (ack, bulk enqueue) are MULTI blocks built in ``commands.py``: a script call
+costs about 30 µs of Redis CPU more than the same commands in MULTI (``INFO commandstats``).
+One ``.delay()`` is the exception (``enqueue.lua``): its cost is on the client, which packs
+and reads one command instead of six.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ __all__ = (
     "ADMIT",
     "BURY",
     "CLAIM",
+    "ENQUEUE",
     "FIRE",
     "JOIN",
     "LEAD",
@@ -63,6 +66,7 @@ BURY = _load("bury")
 REVIVE = _load("revive")
 JOIN = _load("join")
 UNIQUE = _load("unique")
+ENQUEUE = _load("enqueue")
 ADMIT = _load("admit")
 LEAD = _load("lead")
 RESIGN = _load("resign")
@@ -78,6 +82,7 @@ SCRIPTS: tuple[Script, ...] = (
     SETTLE,
     JOIN,
     UNIQUE,
+    ENQUEUE,
     ADMIT,
     LEAD,
     RESIGN,
