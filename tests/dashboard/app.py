@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import redis
 
 from omnitask import OmniTask
@@ -35,7 +37,10 @@ def hold(tag: str, timeout_s: float = 10.0) -> str:
     """Pushes ``tag`` to ``test:started``, then waits for ``test:go:<tag>``."""
     client = _redis()
     client.rpush("test:started", tag)
-    client.blpop([f"test:go:{tag}"], timeout=timeout_s)
+    # Short waits: redis-py's default socket timeout (5 s) would end a longer one with an error.
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not client.blpop([f"test:go:{tag}"], timeout=1):
+        pass
     return tag
 
 

@@ -219,6 +219,15 @@
         drawing = true;
       });
       ctx.stroke();
+      // A second with a value between two without draws no line: give it a dot.
+      ctx.fillStyle = s.color;
+      s.values.forEach((v, i) => {
+        const alone = (i === 0 || s.values[i - 1] === null) && (i === n - 1 || s.values[i + 1] === null);
+        if (v === null || !alone) return;
+        ctx.beginPath();
+        ctx.arc(left + (plotW * i) / Math.max(1, n - 1), top + plotH - (max ? (plotH * v) / max : 0), 2, 0, 2 * Math.PI);
+        ctx.fill();
+      });
     }
   }
 
