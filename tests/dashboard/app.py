@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import redis
@@ -9,6 +10,12 @@ import redis
 from omnitask import OmniTask
 
 app = OmniTask("tdash")
+
+if os.environ.get("TEST_METRICS_PORT"):
+    # A worker of this app serves its own metrics there (test_metrics.py).
+    from omnitask.metrics import serve_worker_metrics
+
+    serve_worker_metrics(app, int(os.environ["TEST_METRICS_PORT"]))
 
 
 def _redis() -> redis.Redis:

@@ -172,3 +172,33 @@ def test_a_worker_serves_its_own_metrics_once_ready(app: OmniTask, r: redis.Redi
     assert value(found, "omnitask_up") == 1
     assert value(found, "omnitask_tasks", name="t", state="SUCCESS") == 1
     assert not [k for k in found if k[0].startswith("omnitask_queue_")]
+
+
+@pytest.mark.process
+def test_a_real_worker_serves_its_own_metrics(app: OmniTask, start_worker: WorkerFactory) -> None:
+    port = free_port()
+    start_worker(APP, "-n", "own-w1", concurrency=2, env={"TEST_METRICS_PORT": str(port)})
+    assert dash.add.delay(1, 1).get(timeout=10) == 2
+    assert dash.add.delay(2, 2).get(timeout=10) == 4
+
+    def scrape() -> Samples:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+            return samples(text_string_to_metric_families(reply.read().decode()))
+
+    found = scrape()
+    assert value(found, "omnitask_worker_up", worker="own-w1") == 1
+    assert value(found, "omnitask_worker_processes", worker="own-w1") == 2
+    assert value(found, "omnitask_tasks", name="tests.dashboard.app.add", state="SUCCESS") == 2
+    assert dash.add.delay(3, 3).get(timeout=10) == 6
+    wait_for(
+        lambda: (
+            value(
+                scrape(),
+                "omnitask_task_events_total",
+                name="tests.dashboard.app.add",
+                kind="succeeded",
+            )
+            == 1
+        ),
+        what="the run after the first scrape to be counted",
+    )
