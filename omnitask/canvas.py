@@ -411,7 +411,7 @@ class Plan:
 
     def send(self) -> None:
         """Run the plan in one MULTI: every task of it is queued, or none."""
-        self.app.broker.run(self.commands())
+        self.app.broker.send_commands(self.commands(), [call.task_id for call in self.calls])
 
     def start(self, node: Node, prev: tuple[Any, ...] | None, frames: list[Any]) -> None:
         """Start ``node`` with ``prev`` before its arguments and ``frames`` after it."""

@@ -217,6 +217,15 @@ class Broker:
         """Run ``commands`` on the broker in one MULTI (one atomic step)."""
         return self._multi(self.redis, commands)
 
+    def run_with_results(
+        self, commands: Sequence[cmd.Command], results: Sequence[cmd.Command] = ()
+    ) -> None:
+        """Run ``commands`` on the broker and ``results`` where results live.
+
+        One step when they share a Redis; else results first, as an ack does.
+        """
+        self._write(list(results), list(commands), essential=len(commands))
+
     def _multi(
         self, client: redis.Redis, commands: Sequence[cmd.Command], essential: int | None = None
     ) -> list[Any]:
@@ -264,6 +273,14 @@ class Broker:
             commands.append(("SADD", self.keys.queues, queue))
         self._send(lambda: self._multi(self.redis, commands, essential), [e[3] for e in envelopes])
         self._known_queues.add(queue)
+
+    def send_commands(self, commands: Sequence[cmd.Command], task_ids: Sequence[str]) -> None:
+        """Run the commands that queue ``task_ids`` (a workflow) in one MULTI, as a send.
+
+        Raises:
+            BrokerUnavailable: As :meth:`enqueue`.
+        """
+        self._send(lambda: self._multi(self.redis, commands), task_ids)
 
     def _enqueue_one(
         self, qk: QueueKeys, envelope: tuple[bytes, int, int | None, str, str]
@@ -536,7 +553,8 @@ class Broker:
         the consumer no longer holds it.
         """
         qk = self.keys.queue(queue)
-        keys = [qk.proc(consumer), qk.delayed, self.keys.rate(limit), self.keys.cap(limit)]
+        rate = self.keys.rate(limit)
+        keys = [qk.proc(consumer), qk.delayed, rate, self.keys.cap(limit), f"{rate}:reserved"]
         args = [body, task_id, interval_ms, 0, cap, cap_lifetime_ms, recheck_ms]
         return int(self._eval(ADMIT, keys, args))
 

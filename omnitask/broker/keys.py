@@ -26,6 +26,7 @@ touches both tags in one step, which needs a single Redis server; Cluster is not
 | ``P:{A}:beat:fired`` | HASH | periodic schedule name -> the latest slot (unix ms) sent or skipped; a slot at or before it never runs again (``lua/fire.lua``) | one per schedule; deleted with it |
 | ``P:{A}:beat:leader`` | STRING | the id of the beat that leads (``lua/lead.lua``, ``lua/resign.lua``) | ``beat_lease_s``, renewed by the leader |
 | ``P:{A}:rl:<task>[:<key>]`` | STRING | a rate limit's theoretical arrival time, GCRA (``lua/admit.lua``) | expires when the limit is idle |
+| ``P:{A}:rl:<task>[:<key>]:reserved`` | ZSET | tasks waiting for a reserved slot of the limit: task id -> slot (server ms) | the waiting tasks; expires an hour after the last slot |
 | ``P:{A}:cap:<task>[:<key>]`` | ZSET | task ids running under a concurrency cap, score = when the entry lapses | the cap; entries lapse, the ack removes its own |
 | ``P:{A}:workers`` | ZSET | live worker names, score = last heartbeat (unix ms) | pruned by heartbeats |
 | ``P:{A}:w:<worker>`` | HASH | a worker's status: pid, host, start time, concurrency, queues, registered task names, the sync task each child runs | expires 3 heartbeats after the last one; deleted when the worker stops |

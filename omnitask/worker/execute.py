@@ -6,6 +6,7 @@ retry, or bury (a message that must not run: malformed, unknown task, poison pil
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
@@ -179,13 +180,20 @@ class Executor:
         task = self._task(queue, body, envelope)
         if task is None:
             return True
+        request = self._request(queue, Claimed(body, 0, False), envelope, task)
+        if request is None:
+            return True
+        limits = task.limits
+        if limits is not None and limits.cap:
+            # The killed run held a place under its cap: the outcome's ack frees it.
+            with contextlib.suppress(Exception):  # a limit_key that fails: the place lapses
+                limit = task.name + limits.suffix(task, request.args, request.kwargs)
+                self._capped[task_id] = self.app.keys.cap(limit)
         if revoked:
             self._revoke(_Run(queue, body, envelope, task), "terminated", 0)
             return True
-        request = self._request(queue, Claimed(body, 0, False), envelope, task)
-        if request is not None:
-            limit = self._limits(task, envelope)[0] or 0.0
-            self._failed(_Run(queue, body, envelope, task), request, exc, limit, 0)
+        hard = self._limits(task, envelope)[0] or 0.0
+        self._failed(_Run(queue, body, envelope, task), request, exc, hard, 0)
         return True
 
     def _record_bytes(self, record: ResultRecord) -> bytes:
@@ -753,24 +761,30 @@ class Executor:
             task_id = envelope.id
             fields += ["i", envelope.id, "n", envelope.task]
             event_fields += ["i", envelope.id, "n", envelope.task]
+            ttl_ms = int((task.result_ttl_s if task else self.app.conf.result_ttl_s) * 1000)
+            record = ResultRecord(
+                TaskState.FAILURE.value,
+                now_ms(),
+                envelope.task,
+                exc_type=f"omnitask.errors:{_ERROR_FOR_REASON.get(reason, 'MessageError')}",
+                exc_message=detail,
+                exc_args=_MSGPACK.encode([detail]),
+                worker=self.consumer,
+                retries=envelope.retries,
+            )
+            data = self._record_bytes(record)
             if task is None or not task.ignore_result:
-                ttl_s = task.result_ttl_s if task else self.app.conf.result_ttl_s
-                record = ResultRecord(
-                    TaskState.FAILURE.value,
-                    now_ms(),
-                    envelope.task,
-                    exc_type=f"omnitask.errors:{_ERROR_FOR_REASON.get(reason, 'MessageError')}",
-                    exc_message=detail,
-                    exc_args=_MSGPACK.encode([detail]),
-                    worker=self.consumer,
-                    retries=envelope.retries,
-                )
-                result = (self._record_bytes(record), int(ttl_s * 1000))
-        self._io(
+                result = (data, ttl_ms)
+        buried = self._io(
             lambda: self.broker.bury(
                 queue, self.consumer, body, fields, task_id, result, event_fields
             )
         )
+        if buried and envelope is not None and envelope.canvas is not None:
+            # What would have followed it in a workflow fails with it. A step of its own: a
+            # script takes no extra commands (a crash in between leaves them waiting).
+            follow = canvas.on_failure(self.app, envelope, data, ttl_ms)
+            self._io(lambda: self.broker.run_with_results(*follow))
 
 
 # Results of dead-lettered tasks fail with a type the caller can catch by name.

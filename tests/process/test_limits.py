@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 
 import pytest
@@ -40,6 +41,10 @@ def test_global_rate_limit_across_two_workers(start_worker: WorkerFactory, r: re
     # Spread evenly, not in bursts: no second holds more than the limit (plus one edge).
     for start in runs:
         assert sum(1 for t in runs if start <= t < start + 1.0) <= 11
+    # A waiting task reserved its slot: claimed once on arrival and once at its slot, not at
+    # every free slot of the limit.
+    claims = Counter(e.task_id for e in limited.app.events.replay() if e.kind == "task-started")
+    assert len(claims) == n and max(claims.values()) <= 2, claims.most_common(3)
 
 
 @pytest.mark.process

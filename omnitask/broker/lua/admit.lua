@@ -5,12 +5,15 @@
 --
 -- Rate limits are GCRA (generic cell rate algorithm): one key per limit holds the
 -- "theoretical arrival time"; a task is admitted when that time minus the burst tolerance has
--- come, which spreads `count` runs evenly over `period` across every worker.
+-- come, which spreads `count` runs evenly over `period` across every worker. A task that must
+-- wait reserves the next free slot (the arrival time moves on by one interval) and is due at
+-- it: waiting tasks keep their order and each is claimed once more, at its own time, not all
+-- of them at every free slot.
 -- A concurrency cap is a ZSET of the task ids running under it, score = when the entry lapses
 -- (a crashed worker's entries go by themselves); the ack removes the task's entry.
 --
 -- KEYS[1] proc LIST (this consumer)   KEYS[2] delayed ZSET   KEYS[3] rate key (STRING)
--- KEYS[4] cap key (ZSET)
+-- KEYS[4] cap key (ZSET)   KEYS[5] the rate limit's reservations (ZSET: task id -> slot)
 -- ARGV[1] envelope   ARGV[2] task id   ARGV[3] emission interval ms (0: no rate limit)
 -- ARGV[4] burst tolerance ms   ARGV[5] cap (0: none)   ARGV[6] cap entry lifetime ms
 -- ARGV[7] retry delay ms when the cap is full
@@ -37,14 +40,20 @@ if cap > 0 then
   end
 end
 
-local tat
 if interval > 0 then
-  tat = tonumber(redis.call('GET', KEYS[3]) or '0')
-  if tat < now then tat = now end
-  if tat - tolerance > now then
-    return defer(tat - tolerance)
+  if redis.call('ZREM', KEYS[5], ARGV[2]) == 0 then  -- else: its reserved slot has come
+    local tat = tonumber(redis.call('GET', KEYS[3]) or '0')
+    if tat < now then tat = now end
+    redis.call('SET', KEYS[3], tat + interval, 'PX', tat + interval - now + 1000)
+    if tat - tolerance > now then
+      local due = defer(tat - tolerance)
+      if due > 0 then
+        redis.call('ZADD', KEYS[5], due, ARGV[2])
+        redis.call('PEXPIRE', KEYS[5], due - now + 3600000)
+      end
+      return due
+    end
   end
-  redis.call('SET', KEYS[3], tat + interval, 'PX', tat + interval - now + 1000)
 end
 
 if cap > 0 then
