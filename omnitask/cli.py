@@ -84,6 +84,12 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "-B", "--beat", action="store_true", help="also run a beat (periodic tasks; development)"
     )
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve this worker's Prometheus metrics on 127.0.0.1:PORT (omnitask[metrics])",
+    )
     _log_arg(worker)
 
     events = sub.add_parser(
@@ -169,6 +175,10 @@ def _worker(app: OmniTask, args: argparse.Namespace) -> int:
     for queue in queues:
         app.keys.queue(queue)
     app.connect()
+    if args.metrics_port is not None:
+        from omnitask.metrics import serve_worker_metrics  # needs the metrics extra
+
+        serve_worker_metrics(app, args.metrics_port)
     autoscale = parse_autoscale(args.autoscale) if args.autoscale else None
     concurrency = autoscale.least if autoscale else app.conf.concurrency
     supervisor = Supervisor(app, queues, concurrency, name=args.hostname, autoscale=autoscale)

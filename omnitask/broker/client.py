@@ -714,13 +714,27 @@ class Broker:
         """Wait for the final result record without polling: BLMOVE of the list onto itself.
 
         The record stays in place, so any number of waiters wake when it lands. Returns None
-        on timeout.
+        on timeout. While Redis is unreachable (a restart, a Sentinel failover) the wait goes
+        on within the same timeout, reconnecting with backoff: a wait changes nothing, so
+        repeating it is always safe.
         """
         key = self.keys.result(task_id)
-        timeout = 0.0 if timeout_s is None else max(timeout_s, 0.001)
-        # redis-py's annotation says int; Redis takes fractional seconds here since 6.0.
-        reply = self.results.blmove(key, key, timeout, "RIGHT", "LEFT")  # type: ignore[arg-type]
-        return reply  # type: ignore[return-value]
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        delay = 0.05
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            timeout = 0.0 if left is None else max(left, 0.001)
+            try:
+                # redis-py's annotation says int; Redis takes fractional seconds since 6.0.
+                reply = self.results.blmove(key, key, timeout, "RIGHT", "LEFT")  # type: ignore[arg-type]
+                return reply  # type: ignore[return-value]
+            except redis.AuthenticationError:
+                raise
+            except (redis.ConnectionError, redis.TimeoutError):
+                if left is not None and left <= delay:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
 
     def forget(self, task_id: str) -> None:
         """Delete a task's result and state records."""

@@ -202,3 +202,22 @@ def test_a_real_worker_serves_its_own_metrics(app: OmniTask, start_worker: Worke
         ),
         what="the run after the first scrape to be counted",
     )
+
+
+@pytest.mark.process
+def test_worker_metrics_port_flag(start_worker: WorkerFactory) -> None:
+    port = free_port()
+    start_worker("tests.apps.basic", "--metrics-port", str(port), "-n", "metered@host")
+    url = f"http://127.0.0.1:{port}/metrics"
+
+    def scraped() -> Samples | None:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return samples(text_string_to_metric_families(response.read().decode()))
+        except OSError:
+            return None
+
+    wait_for(lambda: scraped() is not None, what="the worker's /metrics")
+    found = scraped()
+    assert found is not None
+    assert value(found, "omnitask_worker_up", worker="metered@host") == 1.0
