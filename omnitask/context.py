@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-__all__ = ("CURRENT_REQUEST", "Outcome", "Request", "WorkerInfo")
+__all__ = ("CURRENT_REQUEST", "Outcome", "Publishing", "Request", "WorkerInfo")
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class Request:
         delivery: 1 on the first delivery, more when a worker died while running it.
         eta: When it was due, for delayed tasks.
         worker: The consumer (worker child) running it.
+        headers: What its sender's ``before_publish`` hooks attached (tracing context).
     """
 
     id: str
@@ -37,6 +39,25 @@ class Request:
     delivery: int = 1
     eta: datetime | None = None
     worker: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Publishing:
+    """A task call about to be sent, passed to the ``before_publish`` hooks.
+
+    Attributes:
+        task: The task name.
+        task_id: The task id.
+        queue: The queue it goes to.
+        headers: A hook adds string entries; the worker hands them to the run as
+            ``Request.headers``.
+    """
+
+    task: str
+    task_id: str
+    queue: str
+    headers: dict[str, str]
 
 
 @dataclass(frozen=True)

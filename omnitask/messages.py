@@ -51,6 +51,10 @@ class Envelope(msgspec.Struct, array_like=True, frozen=True, omit_defaults=True)
         canvas: What follows the task in a workflow (chain steps, a chord to report to, links),
             encoded by ``omnitask.canvas``; None for a lone task. After ``sig`` because it was
             added later: fields are only ever appended.
+        headers: What ``before_publish`` hooks attached to the call, such as the W3C
+            ``traceparent`` of the sender's span; None when they attached nothing. The last
+            field that keeps an envelope a msgpack fixarray (15 elements), which the Lua
+            scripts' header reader expects.
     """
 
     v: int
@@ -67,6 +71,7 @@ class Envelope(msgspec.Struct, array_like=True, frozen=True, omit_defaults=True)
     soft_time_limit_ms: int | None = None
     sig: bytes | None = None
     canvas: bytes | None = None
+    headers: dict[str, str] | None = None
 
 
 class ResultRecord(msgspec.Struct, array_like=True, frozen=True, omit_defaults=True):

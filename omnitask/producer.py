@@ -7,6 +7,7 @@ import os
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
+from omnitask.context import Publishing
 from omnitask.errors import ConfigurationError
 from omnitask.messages import PROTOCOL_VERSION, Envelope, encode_envelope, now_ms
 from omnitask.serialization import encode_call, get_serializer
@@ -130,6 +131,7 @@ class Call(NamedTuple):
         due = _due_ms(options, sent)
         expires_ms = _expires_ms(options.get("expires"), expires_s, sent)
         codec = get_serializer(serializer)
+        headers = _headers(app, name, task_id, queue)
         envelope = Envelope(
             v=PROTOCOL_VERSION,
             priority=priority,
@@ -143,6 +145,7 @@ class Call(NamedTuple):
             time_limit_ms=_limit_ms("time_limit", options.get("time_limit")),
             soft_time_limit_ms=_limit_ms("soft_time_limit", options.get("soft_time_limit")),
             canvas=canvas,
+            headers=headers,
         )
         signer = app.signer
         if signer is not None:
@@ -154,6 +157,16 @@ class Call(NamedTuple):
                 "that can write to Redis is trusted"
             )
         return cls(queue, task_id, (encode_envelope(envelope), priority, due, task_id, name))
+
+
+def _headers(app: OmniTask, name: str, task_id: str, queue: str) -> dict[str, str] | None:
+    """The headers the app's ``before_publish`` hooks attach to a call, or None."""
+    hook = app.signals.before_publish
+    if not hook.has_receivers:
+        return None
+    headers: dict[str, str] = {}
+    hook.send(Publishing(name, task_id, queue, headers))
+    return headers or None
 
 
 def _due_ms(options: OptionsLike, sent_ms: int) -> int | None:

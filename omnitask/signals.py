@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from omnitask.context import Outcome, Request, WorkerInfo
+from omnitask.context import Outcome, Publishing, Request, WorkerInfo
 
 __all__ = ("Signal", "Signals")
 
@@ -47,6 +47,11 @@ class Signal(Generic[T]):
         if receiver in self._receivers:
             self._receivers.remove(receiver)
 
+    @property
+    def has_receivers(self) -> bool:
+        """Whether any receiver is connected (spares building a payload nobody reads)."""
+        return bool(self._receivers)
+
     def send(self, payload: T) -> None:
         """Call every receiver with ``payload``; a receiver that raises is logged, not raised."""
         for receiver in self._receivers:
@@ -68,6 +73,8 @@ class Signals:
             per-process resources such as database connections here).
         worker_ready: In the worker's main process, when its children are started.
         worker_shutdown: In the worker's main process, when it stops.
+        before_publish: In the sending process, before a call is encoded: a receiver may add
+            message headers (tracing context), which the run finds in ``Request.headers``.
     """
 
     def __init__(self) -> None:
@@ -79,3 +86,4 @@ class Signals:
         self.worker_process_init: Signal[WorkerInfo] = Signal("worker_process_init")
         self.worker_ready: Signal[WorkerInfo] = Signal("worker_ready")
         self.worker_shutdown: Signal[WorkerInfo] = Signal("worker_shutdown")
+        self.before_publish: Signal[Publishing] = Signal("before_publish")

@@ -18,9 +18,9 @@ Then:
   exception with an ERROR status; a retry as an exception with the ``omnitask.task.state``
   attribute ``RETRY``.
 
-The worker side hooks ``task_prerun`` and ``task_postrun`` (``omnitask.signals``). The
-sending side needs a ``before_publish`` hook and a headers field in the message; until they
-exist, :meth:`Tracing.install` connects what the app has, and runs are traced as roots.
+The sending side hooks ``before_publish``, whose headers travel in the message's ``headers``
+field and reach the run as ``Request.headers``; the worker side hooks ``task_prerun`` and
+``task_postrun`` (``omnitask.signals``).
 :meth:`Tracing.inject` and :meth:`Tracing.start_run` are the two halves, callable directly.
 
 Only ``opentelemetry-api`` is needed; the application picks and configures the SDK.
@@ -70,10 +70,7 @@ def _run_key(request: Request) -> tuple[str, int, int, str]:
 
 
 def _headers_of(request: Request) -> Mapping[str, str]:
-    # Request has no headers until the worker passes the message's on (see the module
-    # docstring); without them, the run span is a root.
-    headers = getattr(request, "headers", None)
-    return headers if isinstance(headers, Mapping) else {}
+    return request.headers
 
 
 class Tracing:
@@ -196,19 +193,13 @@ class Tracing:
         self.inject(publishing.task, publishing.task_id, publishing.queue, publishing.headers)
 
     def install(self, app: OmniTask) -> None:
-        """Trace ``app``'s runs (and its sends, where the app has a ``before_publish`` hook)."""
+        """Trace ``app``'s sends and runs."""
         app.signals.task_prerun.connect(self._on_prerun)
         app.signals.task_postrun.connect(self.end_run)
-        before_publish = getattr(app.signals, "before_publish", None)
-        if before_publish is not None:
-            before_publish.connect(self._on_publish)
-        else:
-            logger.debug("tracing: no before_publish hook: runs are traced as roots")
+        app.signals.before_publish.connect(self._on_publish)
 
     def uninstall(self, app: OmniTask) -> None:
         """Stop tracing ``app`` (open spans are left to end with their runs)."""
         app.signals.task_prerun.disconnect(self._on_prerun)
         app.signals.task_postrun.disconnect(self.end_run)
-        before_publish = getattr(app.signals, "before_publish", None)
-        if before_publish is not None:
-            before_publish.disconnect(self._on_publish)
+        app.signals.before_publish.disconnect(self._on_publish)

@@ -275,6 +275,7 @@ def _run(
             retries=retries,
             eta=None if envelope.eta_ms is None else ms_to_datetime(envelope.eta_ms),
             worker=EAGER_WORKER,
+            headers=envelope.headers or {},
         )
         record = _attempt(app, task, request, states)
         if record is not None:

@@ -263,6 +263,7 @@ class Executor:
             delivery=claimed.deliveries + 1,
             eta=_datetime(envelope.eta_ms),
             worker=self.consumer,
+            headers=envelope.headers or {},
         )
 
     def _admit(self, run: _Run, request: Request) -> bool:

@@ -166,3 +166,25 @@ def test_a_run_ended_in_another_thread_is_not_detached_there(
     assert [s.name for s in exporter.get_finished_spans()] == ["run app.add"]
     assert tracing.open_runs() == 0
     assert trace.get_current_span() is trace.INVALID_SPAN
+
+
+def test_send_and_run_are_one_trace_through_the_message(
+    spans: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    """End to end through a real envelope (eager mode: encoded and decoded as on a worker)."""
+    provider, exporter = spans
+    app = OmniTask("ttrace-e2e", eager=True)
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    tracing = _tracing(provider)
+    tracing.install(app)
+    with provider.get_tracer("test").start_as_current_span("caller") as caller:
+        assert add.delay(1, 2).get() == 3
+    found = _by_name(exporter)
+    run = found[f"run {add.name}"]
+    assert run.context.trace_id == caller.get_span_context().trace_id
+    assert run.parent is not None and run.parent.span_id != caller.get_span_context().span_id
+    tracing.uninstall(app)
