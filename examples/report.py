@@ -9,7 +9,8 @@ Start a worker, then this program, both in the examples folder:
 Both use the Redis at $OMNITASK_BROKER_URL (default redis://localhost:6379/0). The task
 ``build_report`` works through its chunks (0.3 s each: 6 s for the default 20), reports its
 progress after each with ``self.progress(done, total)``, writes the report to a CSV file and
-returns a summary. The client polls ``result.info`` and ``result.state`` until the task is done.
+returns a summary. The client polls ``result.poll()`` (state and info from one read) until
+the task is done.
 webapp.py serves the same task over HTTP.
 """
 
@@ -73,9 +74,9 @@ def bar(current: float, total: float, width: int = 30) -> str:
 def follow(result: AsyncResult[Summary], every_s: float = 0.2) -> Summary:
     """Draw the task's progress until it is done; return its summary (or raise its error)."""
     while True:
-        info = result.info  # read before the state, so never newer than it
-        state = result.state  # PENDING (queued), PROGRESS, then SUCCESS or FAILURE
-        if result.ready():
+        # PENDING (queued), PROGRESS, then SUCCESS or FAILURE; both from one read.
+        state, info = result.poll()
+        if state in ("SUCCESS", "FAILURE", "REVOKED"):
             break
         line = bar(info["current"], info["total"]) if state == "PROGRESS" and info else state
         print(f"\r{line:<45}", end="", flush=True)

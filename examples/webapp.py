@@ -66,14 +66,13 @@ def create_report(environ: Environ) -> Response:
 
 def report_status(task_id: str) -> Response:
     """The task's state; its progress while it runs, its result or error once it is done."""
-    result = app.AsyncResult(task_id)
-    info = result.info  # read before the state, so never newer than it
-    body: dict[str, Any] = {"id": task_id, "state": result.state}
-    if result.successful():
-        body["result"] = result.result  # the final record is kept: no new read
-    elif result.failed():
-        body["error"] = f"{type(result.result).__name__}: {result.result}"
-    elif body["state"] == "PROGRESS":
+    state, info = app.AsyncResult(task_id).poll()  # both from one read: never out of step
+    body: dict[str, Any] = {"id": task_id, "state": state}
+    if state == "SUCCESS":
+        body["result"] = info
+    elif state in ("FAILURE", "REVOKED"):
+        body["error"] = f"{type(info).__name__}: {info}"
+    elif state == "PROGRESS":
         body["progress"] = info
     return "200 OK", body
 

@@ -116,6 +116,17 @@ class AsyncResult(Generic[R]):
 
     info = result
 
+    def poll(self) -> tuple[str, Any]:
+        """The state and the info (as :attr:`result` gives it) from one read, consistent.
+
+        Reading ``state`` and then ``info`` is two reads, between which a running task may
+        move on (PROGRESS, then SUCCESS): a status page wants both of the same moment.
+        """
+        record = self._record()
+        if record is None:
+            return TaskState.PENDING.value, None
+        return record.state, _value(record, self.app)
+
     @property
     def traceback(self) -> str | None:
         """The formatted remote traceback of a failed task, else None."""
