@@ -59,6 +59,9 @@ results, and what follows it (the body) starts with them."""
 
 _CODEC = get_serializer("msgpack")
 
+CHORD_AFTER_MS = 300_000
+"""How long a chord's hash stays after its callback succeeded (a duplicate run may need it)."""
+
 
 def gather(results: list[Any]) -> list[Any]:
     """The body of :data:`GATHER_TASK`: the chord header's results, passed on."""
@@ -557,9 +560,12 @@ def on_success(app: OmniTask, envelope: Envelope, value: Any, record: bytes) -> 
             out += plan.commands()
         else:
             _, cid, index, queue, _ = top
-            out.append(_join(app, cid, index, queue, record))
+            ttl_ms = int(app.conf.result_ttl_s * 1000)
+            out.append(_join(app, cid, index, queue, record, ttl_ms))
     if "g" in canvas:
-        out.append(("DEL", app.keys.chord(canvas["g"][0])))  # the callback ran: done with it
+        # The callback ran: its chord goes soon, not at once, so that a second run of the
+        # callback (its worker's lease lapsed) still finds the header's results.
+        out.append(("PEXPIRE", app.keys.chord(canvas["g"][0]), CHORD_AFTER_MS))
     return out
 
 
@@ -573,11 +579,11 @@ def on_failure(app: OmniTask, envelope: Envelope, record: bytes, ttl_ms: int
     """
     canvas = decode(envelope)
     frames = canvas.get("f") or []
-    broker: list[cmd.Command] = [
-        ("HSET", app.keys.chord(frame[1]), "failed", envelope.id)
-        for frame in frames
-        if frame[0] == "j"
-    ]
+    broker: list[cmd.Command] = []
+    for frame in frames:
+        if frame[0] == "j":  # with a TTL: the hash may have gone already, and comes back here
+            broker.append(("HSET", app.keys.chord(frame[1]), "failed", envelope.id))
+            broker.append(("PEXPIRE", app.keys.chord(frame[1]), ttl_ms))
     if canvas.get("e"):
         plan = Plan(app)
         for wire in canvas["e"]:
@@ -590,12 +596,14 @@ def on_failure(app: OmniTask, envelope: Envelope, record: bytes, ttl_ms: int
     return broker, results
 
 
-def _join(app: OmniTask, cid: str, index: int, queue: str, record: bytes) -> cmd.Command:
+def _join(
+    app: OmniTask, cid: str, index: int, queue: str, record: bytes, ttl_ms: int
+) -> cmd.Command:
     qk = app.keys.queue(queue)
     keys = [app.keys.chord(cid), *qk.ready, qk.wake]
     # EVAL, not EVALSHA: inside a MULTI a missing script (Redis restarted since the worker
     # loaded it) would fail this command alone while the ack applied, losing the join.
-    return ("EVAL", JOIN.source, len(keys), *keys, index, record)
+    return ("EVAL", JOIN.source, len(keys), *keys, index, record, ttl_ms)
 
 
 def gather_plan(app: OmniTask, envelope: Envelope) -> tuple[str, list[str], bool] | None:

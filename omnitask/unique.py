@@ -21,7 +21,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from omnitask.errors import ConfigurationError
-from omnitask.producer import Call, OptionsLike, seconds
+from omnitask.producer import Call, OptionsLike, new_task_id, seconds
 from omnitask.result import AsyncResult
 from omnitask.serialization import get_serializer
 
@@ -107,6 +107,8 @@ def send_unique(
         )
         if queued or not policy.debounce:
             break
-        # Debounce found a pending task: send these arguments under its id instead.
-        call = Call.build(app, task, args, kwargs, {**options, "task_id": task_id}, canvas)
+        # Debounce found a pending task: send these arguments under its id instead (or, when
+        # that one was promoted meanwhile, under a fresh id: a new cycle).
+        fresh = task_id or new_task_id()
+        call = Call.build(app, task, args, kwargs, {**options, "task_id": fresh}, canvas)
     return AsyncResult(task_id, app, ignored=task.ignore_result)

@@ -224,7 +224,7 @@ class Broker:
 
         One step when they share a Redis; else results first, as an ack does.
         """
-        self._write(list(results), list(commands), essential=len(commands))
+        self._write(list(results), list(commands), essential=0)
 
     def _multi(
         self, client: redis.Redis, commands: Sequence[cmd.Command], essential: int | None = None
@@ -475,16 +475,24 @@ class Broker:
 
         Returns, for each, whether the consumer still held it.
         """
+        removals: list[cmd.Command] = []
         commands: list[cmd.Command] = []
         results: list[cmd.Command] = []
-        firsts = []
         for a in acks:
-            firsts.append(len(commands))  # its LREM, whose reply says whether it was held
-            commands += cmd.ack(self.keys.queue(a.queue), consumer, a.body, a.task_id, a.event)
+            ack = cmd.ack(self.keys.queue(a.queue), consumer, a.body, a.task_id, a.event)
+            removals.append(ack[0])  # its LREM, whose reply says whether it was held
+            commands += ack[1:]
             commands += a.extra
             results += self._result_commands(a.task_id, a.result)
-        replies = self._write(results, commands, essential=len(commands))
-        return [bool(replies[i]) for i in firsts]
+        # The removals first, and only they essential (as in ack): a failing event or
+        # follow-up is logged, never a reason to send the whole batch again.
+        replies = self._write(results, removals + commands, essential=len(removals))
+        return [bool(replies[i]) for i in range(len(removals))]
+
+    def holds(self, queue: str, consumer: str, body: bytes) -> bool:
+        """Whether ``consumer`` still holds the envelope ``body`` in flight."""
+        proc = self.keys.queue(queue).proc(consumer)
+        return self.redis.lpos(proc, body) is not None  # type: ignore[arg-type]
 
     def _result_commands(self, task_id: str, result: tuple[bytes, int] | None) -> list[cmd.Command]:
         if result is None:

@@ -486,9 +486,23 @@ class Executor:
 
     def flush_acks(self, acks: list[Ack]) -> list[bool]:
         """Acknowledge finished async tasks in one step (from a worker thread)."""
+        tries = 0
+
+        def step() -> list[bool]:
+            nonlocal tries
+            tries += 1
+            if tries == 1:
+                return self.broker.ack_many(self.consumer, acks)
+            # A try before this one lost its reply: acknowledge only what is still held,
+            # so that nothing that follows a task is queued twice.
+            held = [self.broker.holds(a.queue, self.consumer, a.body) for a in acks]
+            pending = [a for a, h in zip(acks, held, strict=True) if h]
+            done = iter(self.broker.ack_many(self.consumer, pending) if pending else [])
+            return [next(done) if h else True for h in held]
+
         with self.lock:
             try:
-                return self._io(lambda: self.broker.ack_many(self.consumer, acks))  # type: ignore[no-any-return]
+                return self._io(step)  # type: ignore[no-any-return]
             finally:
                 for ack in acks:
                     self._held[ack.queue] -= 1
@@ -580,7 +594,17 @@ class Executor:
         if release:
             follow = ([*follow[0], *release], follow[1])
 
+        tries = 0
+
         def step() -> tuple[bool, Claim | None]:
+            nonlocal tries
+            tries += 1
+            if tries > 1 and not self.broker.holds(queue, self.consumer, body):
+                # A try before this one lost its reply: the MULTI applied (or the lease lapsed
+                # and the task went elsewhere). Sending it again would queue what follows the
+                # task twice.
+                return True, None
+
             def ack(held: int) -> tuple[bool, Claim | None]:
                 return self.broker.ack(
                     queue,
@@ -776,12 +800,18 @@ class Executor:
             data = self._record_bytes(record)
             if task is None or not task.ignore_result:
                 result = (data, ttl_ms)
-        buried = self._io(
-            lambda: self.broker.bury(
+        tries = 0
+
+        def bury() -> bool:
+            nonlocal tries
+            tries += 1
+            buried = self.broker.bury(
                 queue, self.consumer, body, fields, task_id, result, event_fields
             )
-        )
-        if buried and envelope is not None and envelope.canvas is not None:
+            # Not held on a retry: most likely the first try applied and lost its reply.
+            return bool(buried or tries > 1)
+
+        if self._io(bury) and envelope is not None and envelope.canvas is not None:
             # What would have followed it in a workflow fails with it. A step of its own: a
             # script takes no extra commands (a crash in between leaves them waiting).
             follow = canvas.on_failure(self.app, envelope, data, ttl_ms)

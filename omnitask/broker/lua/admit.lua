@@ -25,8 +25,9 @@ local interval, tolerance = tonumber(ARGV[3]), tonumber(ARGV[4])
 local cap = tonumber(ARGV[5])
 
 local function defer(due)
-  if redis.call('LREM', KEYS[1], -1, ARGV[1]) == 0 then return -1 end
+  -- Into delayed first: if that write fails, the envelope is still in flight, never nowhere.
   redis.call('ZADD', KEYS[2], due, ARGV[1])
+  redis.call('LREM', KEYS[1], -1, ARGV[1])
   return due
 end
 
@@ -41,6 +42,8 @@ if cap > 0 then
 end
 
 if interval > 0 then
+  -- Reservations of tasks that never came back (revoked, expired, purged) go after an hour.
+  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - 3600000)
   if redis.call('ZREM', KEYS[5], ARGV[2]) == 0 then  -- else: its reserved slot has come
     local tat = tonumber(redis.call('GET', KEYS[3]) or '0')
     if tat < now then tat = now end

@@ -22,9 +22,13 @@ if redis.call('HGET', KEYS[2], ARGV[2]) ~= ARGV[3] then return -2 end
 local slot = tonumber(ARGV[4])
 local last = tonumber(redis.call('HGET', KEYS[3], ARGV[2]))
 if last and slot <= last then return 0 end
-redis.call('HSET', KEYS[3], ARGV[2], ARGV[4])
-if ARGV[5] == '' then return 2 end
+if ARGV[5] == '' then
+  redis.call('HSET', KEYS[3], ARGV[2], ARGV[4])
+  return 2
+end
+-- The task first: if its push fails, the slot is not recorded and the next try sends it.
 redis.call('RPUSH', KEYS[7 + tonumber(ARGV[6])], ARGV[5])
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[4])
 ot_wake(KEYS[6], 1, tonumber(ARGV[11]))
 redis.call('SADD', KEYS[5], ARGV[9])
 local maxlen = tonumber(ARGV[10])

@@ -19,17 +19,19 @@
 local body, id, window = ARGV[1], ARGV[2], tonumber(ARGV[4])
 local now = ot_now()
 
+-- After the task is queued: a failing step (a key of the wrong type) must not report the send
+-- as failed, so these run under pcall.
 local function sent(due)
-  redis.call('LPUSH', KEYS[4], '1')
-  redis.call('LTRIM', KEYS[4], 0, 63)
-  redis.call('SADD', KEYS[6], ARGV[8])
+  redis.pcall('LPUSH', KEYS[4], '1')
+  redis.pcall('LTRIM', KEYS[4], 0, 63)
+  redis.pcall('SADD', KEYS[6], ARGV[8])
   if tonumber(ARGV[7]) > 0 then
     local fields = {'i', id, 'n', ARGV[3], 'q', ARGV[8]}
     if due then
       fields[#fields + 1] = 'eta'
       fields[#fields + 1] = tostring(due)
     end
-    redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[7], '*', 'e', 'task-sent', unpack(fields))
+    redis.pcall('XADD', KEYS[5], 'MAXLEN', '~', ARGV[7], '*', 'e', 'task-sent', unpack(fields))
   end
 end
 
@@ -51,6 +53,10 @@ local pending = redis.call('HMGET', KEYS[1], 'id', 'body')
 if pending[1] and redis.call('ZSCORE', KEYS[3], pending[2]) then
   if pending[1] ~= id then return {0, pending[1]} end
   redis.call('ZREM', KEYS[3], pending[2])
+elseif pending[1] == id then
+  -- The caller rebuilt with the pending task's id, which was promoted to run meanwhile: a new
+  -- cycle must not reuse it (two tasks under one id). {0, ''}: rebuild with a fresh id.
+  return {0, ''}
 end
 local due = now + window
 redis.call('ZADD', KEYS[3], due, body)
