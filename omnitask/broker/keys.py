@@ -21,7 +21,7 @@ touches both tags in one step, which needs a single Redis server; Cluster is not
 | ``P:{A}:queues`` | SET | names of the queues the app has used | its queues |
 | ``P:{A}:revoked`` | ZSET | revoked task ids, score = when the revocation lapses (server ms) | pruned on each revoke |
 | ``P:{A}:terminate`` | ZSET | revoked task ids whose running process must be killed, same scores | pruned on each revoke |
-| ``P:{A}:chord:<id>`` | HASH | a chord: header size, its callback's envelope and queue, results so far (``lua/join.lua``) | result TTL; deleted when the callback succeeds |
+| ``P:{A}:chord:<id>`` | HASH | a chord: header size, its callback's envelope and queue, results so far (``lua/join.lua``) | result TTL, renewed by each header result; 5 minutes once the callback succeeded |
 | ``P:{A}:beat:schedules`` | HASH | periodic schedule name -> its entry (msgpack, ``omnitask/schedules.py``) | one per schedule |
 | ``P:{A}:beat:fired`` | HASH | periodic schedule name -> the latest slot (unix ms) sent or skipped; a slot at or before it never runs again (``lua/fire.lua``) | one per schedule; deleted with it |
 | ``P:{A}:beat:leader`` | STRING | the id of the beat that leads (``lua/lead.lua``, ``lua/resign.lua``) | ``beat_lease_s``, renewed by the leader |
