@@ -7,6 +7,7 @@ import logging
 import traceback as tb
 
 from omnitask.errors import TaskFailed
+from omnitask.messages import ResultRecord, now_ms
 from omnitask.serialization import Serializer, get_serializer
 
 __all__ = ("describe", "rebuild", "type_name")
@@ -28,6 +29,33 @@ def describe(exc: BaseException, serializer: Serializer) -> tuple[str, str, byte
         args = None
     text = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
     return type_name(exc), str(exc), args, text
+
+
+def error_record(
+    state: str,
+    task_name: str,
+    serializer: Serializer,
+    exc: BaseException,
+    *,
+    retries: int,
+    runtime_s: float | None,
+    worker: str,
+) -> ResultRecord:
+    """The FAILURE or RETRY record of ``exc``, raised by a run of ``task_name``."""
+    name, message, exc_args, trace = describe(exc, serializer)
+    return ResultRecord(
+        state,
+        now_ms(),
+        task_name,
+        serializer=serializer.code,
+        exc_type=name,
+        exc_message=message,
+        exc_args=exc_args,
+        traceback=trace,
+        worker=worker,
+        runtime_s=runtime_s,
+        retries=retries,
+    )
 
 
 def rebuild(

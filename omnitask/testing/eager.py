@@ -372,18 +372,12 @@ def _failed(
 def _error_record(
     state: str, task: Task[Any, Any], exc: Exception, retries: int, runtime: float | None
 ) -> ResultRecord:
-    codec = get_serializer(task.serializer)
-    name, message, exc_args, trace = failure.describe(exc, codec)
-    return ResultRecord(
+    return failure.error_record(
         state,
-        now_ms(),
         task.name,
-        serializer=codec.code,
-        exc_type=name,
-        exc_message=message,
-        exc_args=exc_args,
-        traceback=trace,
-        worker=EAGER_WORKER,
-        runtime_s=runtime,
+        get_serializer(task.serializer),
+        exc,
         retries=retries,
+        runtime_s=runtime,
+        worker=EAGER_WORKER,
     )

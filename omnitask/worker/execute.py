@@ -637,21 +637,11 @@ class Executor:
     ) -> tuple[ResultRecord, str]:
         """The FAILURE or RETRY record of ``exc``, and its one-line summary for events."""
         codec = get_serializer(task.serializer)
-        name, message, exc_args, trace = failure.describe(exc, codec)
-        record = ResultRecord(
-            state,
-            now_ms(),
-            task.name,
-            serializer=codec.code,
-            exc_type=name,
-            exc_message=message,
-            exc_args=exc_args,
-            traceback=trace,
-            worker=self.consumer,
-            runtime_s=runtime,
-            retries=retries,
+        record = failure.error_record(
+            state, task.name, codec, exc, retries=retries, runtime_s=runtime, worker=self.consumer
         )
-        return record, f"{name.replace(':', '.')}: {message}"[:1000]
+        name = (record.exc_type or "").replace(":", ".")
+        return record, f"{name}: {record.exc_message}"[:1000]
 
     def _fail(
         self,
