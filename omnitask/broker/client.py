@@ -201,12 +201,13 @@ class Broker:
         client: redis.Redis | None = None,
     ) -> Any:
         target = client or self.redis
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
         try:
-            return target.evalsha(script.sha, len(keys), *keys, *args)
+            return _run_one(target, command)
         except NoScriptError:
             # First use on this server, or it restarted and forgot its script cache.
             target.script_load(script.source)
-            return target.evalsha(script.sha, len(keys), *keys, *args)
+            return _run_one(target, command)
 
     def load_scripts(self) -> None:
         """Load every script into the broker's script cache."""
@@ -452,6 +453,10 @@ class Broker:
         if dead_fields is not None:
             oldest_ms = now_ms() - int(self.config.dead_letter_max_age_s * 1000)
             dead = (self.config.dead_letter_maxlen, oldest_ms, dead_fields)
+        if claim_next and self.shared_results and not (dead or extra or extra_results):
+            return self._ack_and_claim(
+                qk, consumer, body, task_id, result, final_event, claim_next, still_held
+            )
         commands = [*cmd.ack(qk, consumer, body, task_id, final_event, dead), *extra]
         if not (claim_next and self.shared_results):
             held = bool(self._write(result_cmds, commands, essential=1)[0])
@@ -469,6 +474,33 @@ class Broker:
         if isinstance(reply, Exception):
             return held, None  # logged by _multi; the caller claims on its own next
         return held, _parse_claim(reply)
+
+    def _ack_and_claim(
+        self,
+        qk: QueueKeys,
+        consumer: str,
+        body: bytes,
+        task_id: str,
+        result: tuple[bytes, int] | None,
+        final_event: cmd.Command | None,
+        claim_next: int,
+        still_held: int,
+    ) -> tuple[bool, Claim | None]:
+        """:meth:`ack` of a task with nothing after it, and the next claim, in one script call.
+
+        The hot path of a worker: one command to pack and one reply to read (see claim.lua).
+        """
+        keys, args = self._claim_args(qk, consumer, claim_next, still_held)
+        keys += [self.keys.result(task_id), self.keys.state(task_id)]
+        record, ttl_ms = result if result is not None else (b"", 0)
+        args += [body, task_id, record, ttl_ms]
+        if final_event is not None:
+            args += cmd.event_body(final_event)
+        held, errors, reply = self._eval(CLAIM, keys, args)
+        for error in errors:
+            # The ack applied: running it again would repeat it (see _multi).
+            logger.error("redis command failed in the ack command=EVALSHA error=%s", error)
+        return bool(held), (_parse_claim(reply) if reply is not None else None)
 
     def ack_many(self, consumer: str, acks: Sequence[Ack]) -> list[bool]:
         """Finish several tasks in one MULTI, each as :meth:`ack` would (without a claim).

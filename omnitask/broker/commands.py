@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from omnitask.broker.keys import WAKE_TOKENS_MAX, QueueKeys
 
-__all__ = ("Command", "ack", "enqueue", "event", "set_state", "store_result")
+__all__ = ("Command", "ack", "enqueue", "event", "event_body", "set_state", "store_result")
 
 Command = tuple[str | bytes | int | float, ...]
 """One Redis command and its arguments."""
@@ -22,6 +22,11 @@ Command = tuple[str | bytes | int | float, ...]
 def event(stream: str, maxlen: int, kind: str, *fields: str | bytes) -> Command:
     """XADD one lifecycle event (its time is the stream entry's id) to a capped stream."""
     return ("XADD", stream, "MAXLEN", "~", maxlen, "*", "e", kind, *fields)
+
+
+def event_body(command: Command) -> Command:
+    """The kind and fields of an :func:`event` command, for a script that publishes it."""
+    return command[7:]
 
 
 def enqueue(

@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from omnitask import OmniTask
+from omnitask.broker import commands as cmd
 from omnitask.broker.client import Broker
 from omnitask.messages import decode_envelope
 from omnitask.producer import Call
@@ -78,6 +79,43 @@ def test_ack_removes_and_stores_result(app: OmniTask, r: redis.Redis) -> None:
     # Acking again (a retried round trip) is harmless and says the task is no longer held.
     held, _ = app.broker.ack("default", "c1", claimed.body, task_id, (b"rec", 60_000), None)
     assert held is False and r.llen(app.keys.result(task_id)) == 1
+
+
+def test_ack_and_claim_publishes_the_final_event(app: OmniTask, r: redis.Redis) -> None:
+    task_id = send(app, 1)
+    claimed = app.broker.claim("default", "c1").tasks[0]
+    event = cmd.event(app.keys.events, 100, "task-succeeded", "i", task_id, "rt", "0.5")
+    held, nxt = app.broker.ack("default", "c1", claimed.body, task_id, None, event, 1)
+    assert held is True and nxt is not None and nxt.tasks == []
+    kinds = [fields[b"e"] for _, fields in r.xrange(app.keys.events)]
+    assert kinds[-1] == b"task-succeeded"
+    assert r.xrevrange(app.keys.events, count=1)[0][1][b"rt"] == b"0.5"
+    assert not r.exists(app.keys.result(task_id))  # ignore_result: no record kept
+
+
+def test_ack_and_claim_of_a_task_no_longer_held(app: OmniTask, r: redis.Redis) -> None:
+    task_id = send(app, 1)
+    claimed = app.broker.claim("default", "c1").tasks[0]
+    r.delete(app.keys.queue("default").proc("c1"))  # its lease lapsed; another worker has it
+    held, nxt = app.broker.ack("default", "c1", claimed.body, task_id, (b"rec", 60_000), None, 1)
+    assert held is False and nxt is not None
+    assert r.lrange(app.keys.result(task_id), 0, -1) == [b"rec"]
+
+
+def test_ack_and_claim_applies_the_ack_when_a_later_step_fails(
+    app: OmniTask, r: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    task_id = send(app, 1)
+    claimed = app.broker.claim("default", "c1").tasks[0]
+    send(app, 2)
+    r.set(app.keys.paused, "not a set")  # the claim's SISMEMBER fails
+    held, nxt = app.broker.ack("default", "c1", claimed.body, task_id, (b"rec", 60_000), None, 1)
+    assert held is True and nxt is None  # acked; the caller claims again on its own
+    assert r.lrange(app.keys.result(task_id), 0, -1) == [b"rec"]
+    assert r.llen(app.keys.queue("default").proc("c1")) == 0
+    assert "WRONGTYPE" in caplog.text
+    r.delete(app.keys.paused)
+    assert claim_args(app.broker, "c1") == [2]
 
 
 def test_delayed_is_promoted_when_due(app: OmniTask, r: redis.Redis) -> None:
