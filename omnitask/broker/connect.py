@@ -190,10 +190,12 @@ def sync_client(
     parsed = parse_sentinel_url(url)
     sentinel_kwargs = _sentinel_kwargs(parsed, connect_timeout_s)
     sentinel_kwargs["retry"] = Retry(NoBackoff(), 0)
-    sentinel = Sentinel(parsed.sentinels, sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+    # Any: redis-py annotates Sentinel in some versions and not in others.
+    sentinel_class: Any = Sentinel
+    sentinel = sentinel_class(parsed.sentinels, sentinel_kwargs=sentinel_kwargs)
     # URL options win over the defaults, as in redis-py's from_url.
     kwargs = {**common, **_master_kwargs(parsed), **parsed.options}
-    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+    client: redis.Redis = sentinel.master_for(
         parsed.service_name, redis_class=SentinelMaster, **kwargs
     )
     return client
@@ -214,7 +216,8 @@ def async_client(url: str, *, connect_timeout_s: float) -> AsyncRedis:
     parsed = parse_sentinel_url(url)
     sentinel_kwargs = _sentinel_kwargs(parsed, connect_timeout_s)
     sentinel_kwargs["retry"] = AsyncRetry(NoBackoff(), 0)
-    sentinel = AsyncSentinel(parsed.sentinels, sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+    sentinel_class: Any = AsyncSentinel
+    sentinel = sentinel_class(parsed.sentinels, sentinel_kwargs=sentinel_kwargs)
     kwargs = {**common, **_master_kwargs(parsed), **parsed.options}
     client: AsyncRedis = sentinel.master_for(
         parsed.service_name, redis_class=AsyncSentinelMaster, **kwargs
