@@ -454,9 +454,9 @@ class Broker:
             oldest_ms = now_ms() - int(self.config.dead_letter_max_age_s * 1000)
             dead = (self.config.dead_letter_maxlen, oldest_ms, dead_fields)
         if claim_next and self.shared_results and not (dead or extra or extra_results):
-            return self._ack_and_claim(
-                qk, consumer, body, task_id, result, final_event, claim_next, still_held
-            )
+            ack = Ack(queue, body, task_id, result, final_event)
+            was_held, next_claim = self._ack_and_claim(qk, consumer, [ack], claim_next, still_held)
+            return was_held[0], next_claim
         commands = [*cmd.ack(qk, consumer, body, task_id, final_event, dead), *extra]
         if not (claim_next and self.shared_results):
             held = bool(self._write(result_cmds, commands, essential=1)[0])
@@ -476,37 +476,40 @@ class Broker:
         return held, _parse_claim(reply)
 
     def _ack_and_claim(
-        self,
-        qk: QueueKeys,
-        consumer: str,
-        body: bytes,
-        task_id: str,
-        result: tuple[bytes, int] | None,
-        final_event: cmd.Command | None,
-        claim_next: int,
-        still_held: int,
-    ) -> tuple[bool, Claim | None]:
-        """:meth:`ack` of a task with nothing after it, and the next claim, in one script call.
+        self, qk: QueueKeys, consumer: str, acks: Sequence[Ack], claim_next: int, still_held: int
+    ) -> tuple[list[bool], Claim | None]:
+        """Finish ``acks`` (nothing follows them) and claim the next tasks, in one script call.
 
         The hot path of a worker: one command to pack and one reply to read (see claim.lua).
+        Returns, per ack, whether the consumer still held the task, and the claim (None when
+        it failed; the acks applied all the same). A claim of 0 only refreshes the lease.
         """
         keys, args = self._claim_args(qk, consumer, claim_next, still_held)
-        keys += [self.keys.result(task_id), self.keys.state(task_id)]
-        record, ttl_ms = result if result is not None else (b"", 0)
-        args += [body, task_id, record, ttl_ms]
-        if final_event is not None:
-            args += cmd.event_body(final_event)
+        args.append(len(acks))
+        for a in acks:
+            keys += [self.keys.result(a.task_id), self.keys.state(a.task_id)]
+            record, ttl_ms = a.result if a.result is not None else (b"", 0)
+            event = cmd.event_body(a.event) if a.event is not None else ()
+            args += [a.body, a.task_id, record, ttl_ms, len(event), *event]
         held, errors, reply = self._eval(CLAIM, keys, args)
         for error in errors:
-            # The ack applied: running it again would repeat it (see _multi).
-            logger.error("redis command failed in the ack command=EVALSHA error=%s", error)
-        return bool(held), (_parse_claim(reply) if reply is not None else None)
+            # The acks applied: running them again would repeat them (see _multi).
+            logger.error("redis command failed in an ack command=EVALSHA error=%s", error)
+        return [bool(h) for h in held], (_parse_claim(reply) if reply is not None else None)
 
     def ack_many(self, consumer: str, acks: Sequence[Ack]) -> list[bool]:
         """Finish several tasks in one MULTI, each as :meth:`ack` would (without a claim).
 
         Returns, for each, whether the consumer still held it.
         """
+        if (
+            self.shared_results
+            and len({a.queue for a in acks}) == 1
+            and not any(a.extra for a in acks)
+        ):
+            # The common case, one script call (see _ack_and_claim); the claim of 0 only
+            # refreshes the lease.
+            return self._ack_and_claim(self.keys.queue(acks[0].queue), consumer, acks, 0, 0)[0]
         removals: list[cmd.Command] = []
         commands: list[cmd.Command] = []
         results: list[cmd.Command] = []

@@ -10,7 +10,7 @@ import redis
 
 from omnitask import OmniTask
 from omnitask.broker import commands as cmd
-from omnitask.broker.client import Broker
+from omnitask.broker.client import Ack, Broker
 from omnitask.messages import decode_envelope
 from omnitask.producer import Call
 
@@ -116,6 +116,30 @@ def test_ack_and_claim_applies_the_ack_when_a_later_step_fails(
     assert "WRONGTYPE" in caplog.text
     r.delete(app.keys.paused)
     assert claim_args(app.broker, "c1") == [2]
+
+
+def test_ack_many_in_one_step(app: OmniTask, r: redis.Redis) -> None:
+    ids = [send(app, i) for i in range(3)]
+    claimed = app.broker.claim("default", "c1", 3).tasks
+    r.lrem(app.keys.queue("default").proc("c1"), 1, claimed[2].body)  # its lease lapsed
+    acks = [
+        Ack("default", claimed[0].body, ids[0], (b"r0", 60_000), None),
+        Ack(
+            "default",
+            claimed[1].body,
+            ids[1],
+            None,
+            cmd.event(app.keys.events, 100, "x", "i", ids[1]),
+        ),
+        Ack("default", claimed[2].body, ids[2], (b"r2", 60_000), None),
+    ]
+    assert app.broker.ack_many("c1", acks) == [True, True, False]
+    assert r.llen(app.keys.queue("default").proc("c1")) == 0
+    assert r.lrange(app.keys.result(ids[0]), 0, -1) == [b"r0"]
+    assert not r.exists(app.keys.result(ids[1]))
+    assert r.lrange(app.keys.result(ids[2]), 0, -1) == [b"r2"]
+    last = r.xrevrange(app.keys.events, count=1)[0][1]
+    assert last[b"e"] == b"x" and last[b"i"] == ids[1].encode()
 
 
 def test_delayed_is_promoted_when_due(app: OmniTask, r: redis.Redis) -> None:

@@ -1,5 +1,5 @@
 -- claim: move up to N ready envelopes, highest priority first, into a consumer's in-flight list,
--- after finishing the task the consumer just ran, when there is one.
+-- after acknowledging the tasks the consumer just finished, when there are some.
 --
 -- First promotes delayed envelopes that are due (into the tail of their priority's list), then
 -- takes from the head of lists 9..0 with LMOVE, so a claimed envelope is always in exactly one
@@ -12,31 +12,32 @@
 -- (the connection dropped after Redis ran the claim): those envelopes are returned again
 -- instead of claiming new ones, so none is stranded.
 --
--- The ack (ARGV[10] not empty) is the worker's hot path: a finished task's acknowledgement and
--- the next claim in one call, so one round trip and one command to pack per task, where a
--- MULTI of the same steps cost the worker about half its time per task in packing and reading
--- replies. It drops the envelope from proc, its delivery count, stores the result record and
+-- The acks (ARGV[10] > 0) are the worker's hot path: finished tasks' acknowledgements and the
+-- next claim in one call, so one round trip and one command to pack, where a MULTI of the
+-- same steps cost the worker about half its time per task in packing and reading replies.
+-- Each ack drops the envelope from proc and its delivery count, stores the result record and
 -- publishes the final event, as commands.ack and commands.store_result do in a MULTI.
 --
 -- KEYS[1] delayed ZSET      KEYS[2] proc LIST (this consumer)   KEYS[3] consumers ZSET
 -- KEYS[4] deliveries HASH   KEYS[5] wake LIST                   KEYS[6] events STREAM
 -- KEYS[7..16] ready LISTs for priorities 0..9   KEYS[17] revoked ZSET   KEYS[18] paused SET
--- KEYS[19] result LIST and KEYS[20] state STRING of the task acked (only with an ack)
+-- KEYS[17 + 2i], KEYS[18 + 2i]: result LIST and state STRING of the i-th task acked
 -- ARGV[1] max envelopes to claim   ARGV[2] consumer id   ARGV[3] lease ms
 -- ARGV[4] events maxlen (0: publish none)   ARGV[5] queue name   ARGV[6] default priority
 -- ARGV[7] max delayed envelopes to promote   ARGV[8] max wake tokens
 -- ARGV[9] envelopes the caller holds in proc already
--- ARGV[10] the envelope to ack ('' or absent: claim only)   ARGV[11] its task id
--- ARGV[12] its result record ('' : none kept)   ARGV[13] the record's ttl ms
--- ARGV[14..] its final event: kind, then field, value pairs (absent: no event)
+-- ARGV[10] how many tasks to ack first (absent or 0: none); then for each: its envelope, task
+-- id, result record ('': none kept), the record's ttl ms, m, and m words of its final event
+-- (kind, then field, value pairs; m = 0: no event)
 -- Returns {server now ms, next due ms or -1, env 1, deliveries 1, revoked 1, env 2, ...};
 -- revoked is 1 for a task revoked before it ran (the worker records REVOKED, never runs it);
 -- "next due" is only computed when nothing was claimed (the caller then sleeps until it).
 -- A paused queue (its name in KEYS[18]) hands out nothing new and promotes nothing.
--- With an ack it returns {held, errors, claim}: held is 1 when the consumer still held the
--- task (0: its lease lapsed and it went elsewhere), errors those of the steps after the LREM
--- (logged by the client: the ack applied all the same), and claim the reply above, or nil
--- when the claim failed (its error is then the last of errors; the caller claims again).
+-- A claim of 0 envelopes refreshes the lease and nothing else.
+-- With acks it returns {held, errors, claim}: held lists, per ack, 1 when the consumer still
+-- held the task (0: its lease lapsed and it went elsewhere); errors are those of the steps
+-- after the LREMs (logged by the client: the acks applied all the same); claim is the reply
+-- above, or nil when the claim failed (its error is then the last of errors).
 
 local function claim()
   local n = tonumber(ARGV[1])
@@ -59,6 +60,7 @@ local function claim()
   end
 
   local out = {now, -1}
+  if n == 0 then return out end
   local orphans = redis.call('LRANGE', KEYS[2], held, held + n - 1)
   if #orphans > 0 then
     for _, env in ipairs(orphans) do
@@ -118,29 +120,41 @@ local function claim()
   return out
 end
 
-if (ARGV[10] or '') == '' then
+local acks = tonumber(ARGV[10] or '0')
+if acks == 0 then
   return claim()
 end
 
--- The LREM raises (a key of the wrong type) before anything was written; after it the task is
--- acknowledged, so a failing step must not turn that into an error.
-local held = redis.call('LREM', KEYS[2], 1, ARGV[10])
-local errors = {}
+-- An LREM raises (a key of the wrong type) before anything was written, and the proc list is
+-- the same for every ack; after them the tasks are acknowledged, so a failing step must not
+-- turn that into an error.
+local held, errors = {}, {}
 local function try(...)
   local reply = redis.pcall(...)
   if type(reply) == 'table' and reply.err then errors[#errors + 1] = reply.err end
 end
-try('HDEL', KEYS[4], ARGV[11])
-if ARGV[12] == '' then
-  try('DEL', KEYS[20])
-else
-  -- A task delivered twice replaces the earlier record rather than appending to it.
-  try('DEL', KEYS[20], KEYS[19])
-  try('RPUSH', KEYS[19], ARGV[12])
-  try('PEXPIRE', KEYS[19], ARGV[13])
+local at = 11
+for i = 1, acks do
+  held[i] = redis.call('LREM', KEYS[2], 1, ARGV[at])
+  at = at + 5 + tonumber(ARGV[at + 4])
 end
-if #ARGV >= 14 and tonumber(ARGV[4]) > 0 then
-  try('XADD', KEYS[6], 'MAXLEN', '~', ARGV[4], '*', 'e', unpack(ARGV, 14))
+at = 11
+for i = 1, acks do
+  local result, state = KEYS[17 + 2 * i], KEYS[18 + 2 * i]
+  try('HDEL', KEYS[4], ARGV[at + 1])
+  if ARGV[at + 2] == '' then
+    try('DEL', state)
+  else
+    -- A task delivered twice replaces the earlier record rather than appending to it.
+    try('DEL', state, result)
+    try('RPUSH', result, ARGV[at + 2])
+    try('PEXPIRE', result, ARGV[at + 3])
+  end
+  local m = tonumber(ARGV[at + 4])
+  if m > 0 and tonumber(ARGV[4]) > 0 then
+    try('XADD', KEYS[6], 'MAXLEN', '~', ARGV[4], '*', 'e', unpack(ARGV, at + 5, at + 4 + m))
+  end
+  at = at + 5 + m
 end
 local ok, reply = pcall(claim)
 if not ok then
