@@ -48,7 +48,13 @@ _RULES: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
         "be greater than 0",
     ),
     (
-        ("max_deliveries", "events_maxlen", "dead_letter_maxlen", "async_concurrency"),
+        (
+            "max_deliveries",
+            "events_maxlen",
+            "dead_letter_maxlen",
+            "async_concurrency",
+            "worker_prefetch",
+        ),
         lambda v: v >= 1,
         "be at least 1",
     ),
@@ -89,6 +95,13 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
         dead_letter_maxlen: Approximate number of dead letters kept per queue.
         dead_letter_max_age_s: Dead letters older than this are dropped when new ones arrive.
         worker_concurrency: Child processes per worker; 0 means one per CPU.
+        worker_prefetch: Ordinary (sync) tasks a worker child claims at once. Above 1, the
+            acknowledgements of quick successes (under 10 ms each) wait and travel with the
+            next claim, one round trip per batch: more throughput for short tasks, at a price.
+            Every prefetched task stays leased to the child (none is lost), but a child that
+            dies hands its whole batch back, so tasks that already succeeded run again, and a
+            result appears when its batch is acknowledged (at most 100 ms later). 1 (the
+            default) claims one task at a time and acknowledges each as it ends.
         shutdown_timeout_s: On SIGTERM, seconds running tasks get to finish before they are
             stopped and handed back to the queue.
         heartbeat_interval_s: Seconds between worker heartbeats (events and the worker list).
@@ -135,6 +148,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     dead_letter_maxlen: int = 10_000
     dead_letter_max_age_s: float = 30 * 86_400.0
     worker_concurrency: int = 0
+    worker_prefetch: int = 1
     shutdown_timeout_s: float = 30.0
     heartbeat_interval_s: float = 2.0
     connect_timeout_s: float = 5.0

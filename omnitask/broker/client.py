@@ -497,6 +497,22 @@ class Broker:
             logger.error("redis command failed in an ack command=EVALSHA error=%s", error)
         return [bool(h) for h in held], (_parse_claim(reply) if reply is not None else None)
 
+    def ack_batch(
+        self, queue: str, consumer: str, acks: Sequence[Ack], claim_next: int, still_held: int
+    ) -> tuple[list[bool], Claim | None]:
+        """Finish ``acks`` as :meth:`ack_many` does and claim up to ``claim_next`` of ``queue``.
+
+        One script call when results share the broker's Redis and the acks are plain ones of
+        ``queue``; else the acks, then the claim. ``still_held`` is as in :meth:`ack`.
+        """
+        plain = all(a.queue == queue and not a.extra for a in acks)
+        if acks and plain and self.shared_results:
+            qk = self.keys.queue(queue)
+            return self._ack_and_claim(qk, consumer, acks, claim_next, still_held)
+        held = self.ack_many(consumer, acks) if acks else []
+        claim = self.claim(queue, consumer, claim_next, still_held) if claim_next else None
+        return held, claim
+
     def ack_many(self, consumer: str, acks: Sequence[Ack]) -> list[bool]:
         """Finish several tasks in one MULTI, each as :meth:`ack` would (without a claim).
 

@@ -113,10 +113,15 @@ class Child:
             with contextlib.suppress(_Stop):
                 self._loop(executor)
         finally:
+            self._busy = True  # a second SIGTERM must not interrupt what follows
+            try:
+                # Tasks of a prefetched batch that ran: acknowledged now, not run again.
+                executor.flush_deferred()
+            except Exception:  # Redis gone: the batch is handed back and rerun
+                logger.exception("acknowledging the prefetched batch failed")
             if runner is not None:
                 # Warm shutdown: running async tasks get what is left of the supervisor's
                 # shutdown timeout; those still running then are cancelled and handed back.
-                self._busy = True  # a second SIGTERM must not interrupt the wait
                 runner.stop(max(self.app.conf.shutdown_timeout_s - 1.0, 0.5))
         logger.debug("child stopped consumer=%s", self.consumer)
         if self._recycle_due():
@@ -145,6 +150,9 @@ class Child:
         claim: Claim | None = None
         queue = self.queues[0]
         runner = executor.runner
+        # A child of an app with async tasks claims as its event loop has room instead.
+        prefetch = self.app.conf.worker_prefetch if runner is None else 1
+        executor.defer_acks = prefetch > 1
         batch = 1  # tasks per claim: grows while they are async, back to 1 at a sync one
         while not self._stopping and not self._recycle_due():
             if runner is not None and not runner.reserved:
@@ -158,7 +166,8 @@ class Child:
                 claim = None
                 continue
             if claim is None:
-                n = min(batch, runner.reserved, self._quota()) if runner else 1
+                n = min(batch, runner.reserved) if runner else prefetch
+                n = min(n, self._quota())
                 queue, claim = self._claim_any(executor, n)
                 if not claim.tasks:
                     self._idle(claim)
@@ -175,13 +184,16 @@ class Child:
                     # and room for what it claims.
                     last = self._stopping or self._last_before_recycling()
                     more = i == len(tasks) - 1 and len(self.queues) == 1 and not last
-                    claim = executor.handle(queue, claimed, 1 if more else 0) or claim
+                    claim_next = min(prefetch, self._quota() - 1) if more else 0
+                    claim = executor.handle(queue, claimed, claim_next) or claim
                     self._done += 1
                 finally:
                     self._busy = False
                 if runner is not None:
                     ran_async = runner.reserved < reserved
                     batch = min(batch * 2, CLAIM_BATCH_MAX) if ran_async else 1
+            if claim is None:
+                executor.flush_deferred()  # the batch ended without a claim to carry its acks
 
     def _quota(self) -> int:
         """Tasks this child may still claim before it is recycled."""

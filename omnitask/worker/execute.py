@@ -59,6 +59,13 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+ACK_DEFER_RUNTIME_MAX_S = 0.01
+"""With prefetch, only the acks of runs shorter than this wait for their batch: a slow task's
+result is not held back, and its ack's round trip is small beside its run."""
+
+ACK_DEFER_MAX_S = 0.1
+"""With prefetch, the longest an ack waits for the rest of its batch."""
+
 
 def _direct(step: Callable[[], T]) -> T:
     return step()
@@ -114,6 +121,12 @@ class Executor:
         self.slot = slot
         self.broker = broker or app.broker
         conf = app.conf
+        # A prefetching child defers the acks of quick successes (see worker_prefetch). None
+        # may wait while anything claims: the claim would take them for envelopes whose
+        # reply was lost and hand them out again, so every claim sends them first.
+        self.defer_acks = False
+        self._deferred: list[Ack] = []
+        self._deferred_since = 0.0
         self._events_key = app.keys.events
         self._maxlen = conf.events_maxlen if conf.events else 0
 
@@ -122,6 +135,7 @@ class Executor:
 
     def claim(self, queue: str, n: int = 1) -> Claim:
         """Claim the next ``n`` tasks of ``queue`` for this consumer."""
+        self.flush_deferred()
         with self.lock:
             return self.broker.claim(queue, self.consumer, n, self._held.get(queue, 0))
 
@@ -349,12 +363,50 @@ class Executor:
         except Exception as exc:  # noqa: BLE001 - unencodable result, or workflow step
             # The body ran and its side effects happened: running it again cannot help.
             return self._fail(run, request, exc, runtime, claim_next)
-        claim = self._ack(
-            run.queue, run.body, ack.task_id, ack.result, ack.event, claim_next,
-            follow=(ack.extra, ()),
-        )  # fmt: skip
+        if self.defer_acks and not ack.extra and runtime < ACK_DEFER_RUNTIME_MAX_S:
+            if not self._deferred:
+                self._deferred_since = time.monotonic()
+            self._deferred.append(ack)
+            claim = None
+            if claim_next or time.monotonic() - self._deferred_since > ACK_DEFER_MAX_S:
+                claim = self.flush_deferred(claim_next)
+        else:
+            claim = self._ack(
+                run.queue, run.body, ack.task_id, ack.result, ack.event, claim_next,
+                follow=(ack.extra, ()),
+            )  # fmt: skip
         self._success_signals(request, value, runtime)
         return claim
+
+    def flush_deferred(self, claim_next: int = 0) -> Claim | None:
+        """Send the deferred acks of a prefetched batch, with a claim of ``claim_next``.
+
+        Returns the claim, if one was made.
+        """
+        acks, self._deferred = self._deferred, []
+        if not acks:
+            return None
+        queue = acks[0].queue
+        tries = 0
+
+        def step() -> tuple[list[bool], Claim | None]:
+            nonlocal tries
+            tries += 1
+            pending = acks
+            if tries > 1:
+                # A try before this one lost its reply and may have applied: ack only what
+                # is still held (the rest is done, or went elsewhere when its lease lapsed).
+                pending = [a for a in acks if self.broker.holds(a.queue, self.consumer, a.body)]
+            with self.lock:  # it claims too: see __init__
+                held = self._held.get(queue, 0)
+                return self.broker.ack_batch(queue, self.consumer, pending, claim_next, held)
+
+        held, claim = self._io(step)
+        if tries == 1:
+            for ack, was_held in zip(acks, held, strict=True):
+                if not was_held:
+                    _warn_not_held(ack.task_id)
+        return claim  # type: ignore[no-any-return]
 
     def _success_ack(self, run: _Run, value: Any, runtime: float) -> Ack:
         """What acknowledges a successful run: its result record and task-succeeded event.
@@ -590,6 +642,7 @@ class Executor:
         follow: tuple[Sequence[cmd.Command], Sequence[cmd.Command]] = ((), ()),
     ) -> Claim | None:
         """Acknowledge a task; ``follow`` is what its workflow does next (broker, results)."""
+        self.flush_deferred()  # acks stay in the order their tasks ended; see __init__
         release = self._release(task_id)
         if release:
             follow = ([*follow[0], *release], follow[1])
