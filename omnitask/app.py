@@ -95,6 +95,7 @@ class Settings(TypedDict, total=False):
     dead_letter_maxlen: int
     dead_letter_max_age_s: float
     worker_concurrency: int
+    worker_prefetch: int
     shutdown_timeout_s: float
     heartbeat_interval_s: float
     connect_timeout_s: float
