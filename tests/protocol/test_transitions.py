@@ -142,6 +142,27 @@ def test_ack_many_in_one_step(app: OmniTask, r: redis.Redis) -> None:
     assert last[b"e"] == b"x" and last[b"i"] == ids[1].encode()
 
 
+def test_bulk_enqueue_in_one_step(
+    app: OmniTask, r: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    job = app.tasks["job"]
+    qk = app.keys.queue("default")
+    r.set(
+        qk.wake, "not a list"
+    )  # a step after the RPUSHes fails: the tasks are queued all the same
+    calls = [Call.build(app, job, (i,), {}, {"priority": 9 if i % 2 else 0}) for i in range(2500)]
+    later = Call.build(app, job, (-1,), {}, {"countdown": 60})
+    app.broker.enqueue("default", [c.item for c in calls] + [later.item])
+    assert r.llen(qk.ready[9]) == 1250 and r.llen(qk.ready[0]) == 1250
+    assert r.zcard(qk.delayed) == 1
+    first = decode_envelope(r.lindex(qk.ready[0], 0) or b"")
+    assert int(first.payload[2]) == 0  # FIFO within a priority, across the script's chunks
+    sent = [f for _, f in r.xrange(app.keys.events) if f[b"e"] == b"task-sent"]
+    assert len(sent) == 2501 and b"eta" in sent[-1]
+    assert "WRONGTYPE" in caplog.text
+    assert r.sismember(app.keys.queues, "default")
+
+
 def test_delayed_is_promoted_when_due(app: OmniTask, r: redis.Redis) -> None:
     send(app, 1, countdown=0.3)
     qk = app.keys.queue("default")
