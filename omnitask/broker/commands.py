@@ -1,6 +1,8 @@
-"""The write-only hot transitions (enqueue, ack), as Redis commands a client runs in one MULTI.
+"""The write-only transitions (enqueue, ack), as Redis commands a client runs in one MULTI.
 
-Pure functions, no I/O: the sync and async clients both execute what these return, so the
+Used where a step carries more than the plain case: a workflow's sends and the acks of its
+tasks, dead letters, a separate result backend. The plain send and ack are script calls
+(``lua/enqueue.lua``, ``lua/claim.lua``) doing the same. Pure functions, no I/O: the sync and async clients both execute what these return, so the
 protocol is written once. Each list is one atomic step: a crash either applies all of it or
 none of it. A final result (:func:`store_result`) joins the same MULTI as the ack when results
 live in the broker's Redis; with a separate result backend it is written first, so a crash in

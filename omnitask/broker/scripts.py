@@ -1,11 +1,13 @@
 """The Lua scripts of the protocol, loaded from ``lua/*.lua`` and shared by every client.
 
 A transition is a Lua script when it must read before it writes (claim, requeue, renew) or
-must check that the consumer still holds a task before changing it (retry, bury). The hot
-write-only ones (ack, bulk enqueue) are MULTI blocks built in ``commands.py``: a script call
-costs about 30 µs of Redis CPU more than the same commands in MULTI (``INFO commandstats``).
-One ``.delay()`` is the exception (``enqueue.lua``): its cost is on the client, which packs
-and reads one command instead of six.
+must check that the consumer still holds a task before changing it (retry, bury). The
+write-only hot paths are scripts too, for the client's sake: a send (``enqueue.lua``, one task
+or a batch) and a worker's ack, which rides in its next claim (``claim.lua``). A script call
+costs Redis about 30 µs more than the same commands in MULTI (``INFO commandstats``), but the
+client packs one command and reads one reply instead of one per command, and the client was
+the bottleneck. Workflow steps, which share a step with other commands, are MULTI blocks
+built in ``commands.py``.
 """
 
 from __future__ import annotations
