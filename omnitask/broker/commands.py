@@ -2,11 +2,12 @@
 
 Used where a step carries more than the plain case: a workflow's sends and the acks of its
 tasks, dead letters, a separate result backend. The plain send and ack are script calls
-(``lua/enqueue.lua``, ``lua/claim.lua``) doing the same. Pure functions, no I/O: the sync and async clients both execute what these return, so the
-protocol is written once. Each list is one atomic step: a crash either applies all of it or
-none of it. A final result (:func:`store_result`) joins the same MULTI as the ack when results
-live in the broker's Redis; with a separate result backend it is written first, so a crash in
-between can only deliver the task again, never lose its outcome.
+(``lua/enqueue.lua``, ``lua/claim.lua``) doing the same. Pure functions, no I/O: the sync and
+async clients both execute what these return, so the protocol is written once. Each list is
+one atomic step: a crash either applies all of it or none of it. A final result
+(:func:`store_result`) joins the same MULTI as the ack when results live in the broker's
+Redis; with a separate result backend it is written first, so a crash in between can only
+deliver the task again, never lose its outcome.
 """
 
 from __future__ import annotations
