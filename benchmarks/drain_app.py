@@ -1,4 +1,4 @@
-"""The two no-op tasks of benchmarks/drain_async.py: the same INCR, sync and async."""
+"""The no-op tasks of benchmarks/extra.py: the same INCR, sync and async."""
 
 from __future__ import annotations
 
