@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import inspect
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -89,6 +89,13 @@ class Arguments:
         self._task_name = task_name
         self._fn = fn
         self._params: dict[str, _Param] | None = None
+        # When every parameter is a plain one without a default, a call of exactly that many
+        # positional arguments fits without Signature.bind (a few microseconds per task, on
+        # both .delay() and the worker).
+        plain = inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.POSITIONAL_ONLY
+        values = signature.parameters.values()
+        simple = all(p.kind in plain and p.default is inspect.Parameter.empty for p in values)
+        self._names: tuple[str, ...] | None = tuple(signature.parameters) if simple else None
 
     def _resolved(self) -> dict[str, _Param]:
         if self._params is None:
@@ -122,11 +129,8 @@ class Arguments:
             TypeError: The arguments do not fit the signature (missing, unexpected ...).
             ArgumentTypeError: An argument does not match its annotation.
         """
-        bound = self._bind(args, kwargs)
         params = self._resolved()
-        if not params:
-            return
-        for name, value in bound.arguments.items():
+        for name, value in self._arguments(args, kwargs):
             param = params.get(name)
             if param is None:
                 continue
@@ -145,20 +149,33 @@ class Arguments:
         """
         # Also without annotations: a call that does not fit (sent by name) is refused before
         # it runs, not failed (and retried) by the TypeError of the call itself.
-        bound = self._bind(args, kwargs)
+        arguments = self._arguments(args, kwargs)
         params = self._resolved()
-        if not params:
-            return args, kwargs
-        changed = False
-        for name, value in bound.arguments.items():
+        converted = {}
+        for name, value in arguments:
             param = params.get(name)
             if param is None:
                 continue
             new = self._convert(param, value)
             if new is not value:
-                bound.arguments[name] = new
-                changed = True
-        return (bound.args, bound.kwargs) if changed else (args, kwargs)
+                converted[name] = new
+        if not converted:
+            return args, kwargs
+        bound = self._bind(args, kwargs)
+        bound.arguments.update(converted)
+        return bound.args, bound.kwargs
+
+    def _arguments(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Iterable[tuple[str, Any]]:
+        """The call's arguments by parameter name.
+
+        Raises:
+            TypeError: They do not fit the signature (missing, unexpected ...).
+        """
+        if self._names is not None and not kwargs and len(args) == len(self._names):
+            return zip(self._names, args, strict=True)
+        return self._bind(args, kwargs).arguments.items()
 
     def _convert(self, param: _Param, value: Any) -> Any:
         try:
