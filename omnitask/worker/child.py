@@ -124,9 +124,10 @@ class Child:
                 # shutdown timeout; those still running then are cancelled and handed back.
                 runner.stop(max(self.app.conf.shutdown_timeout_s - 1.0, 0.5))
         logger.debug("child stopped consumer=%s", self.consumer)
-        if self._recycle_due():
-            if self.slot is not None:
-                self.slot.mark_recycling()
+        recycle = self._recycle_due()
+        if self.slot is not None and (recycle or self._stopping):
+            self.slot.mark_planned_exit()
+        if recycle:
             raise SystemExit(RECYCLE_EXIT)
 
     def _async_runner(self, executor: Executor) -> AsyncRunner | None:

@@ -35,7 +35,7 @@ class RunSlot:
         """Allocate the shared memory; create it in the supervisor, before the fork."""
         self._deadline = ctx.RawValue("d", 0.0)
         self._task_id = ctx.RawArray("c", TASK_ID_BYTES)
-        self._recycling = ctx.RawValue("b", 0)
+        self._planned = ctx.RawValue("b", 0)
         self.lock = ctx.Lock()
 
     def begin(self, task_id: str, hard_limit_s: float | None) -> None:
@@ -60,14 +60,19 @@ class RunSlot:
         deadline = float(self._deadline.value)
         return 0.0 < deadline <= now
 
-    def mark_recycling(self) -> None:
-        """Say that the child exits because it has done its share (not a crash)."""
-        self._recycling.value = 1
+    def mark_planned_exit(self) -> None:
+        """Say that the child exits on purpose, not in a crash.
+
+        It has done its share (recycling), or it was sent SIGTERM itself: a service manager
+        stopping the worker signals its whole process group, children included, and they may
+        exit before the supervisor has seen its own signal.
+        """
+        self._planned.value = 1
 
     @property
-    def recycling(self) -> bool:
-        """Whether the child said it exits to be recycled."""
-        return bool(self._recycling.value)
+    def planned_exit(self) -> bool:
+        """Whether the child said it exits on purpose."""
+        return bool(self._planned.value)
 
 
 def _raise_soft(signum: int, frame: FrameType | None) -> None:

@@ -290,8 +290,9 @@ class Supervisor:
             del self.children[consumer]
             started = self._started.pop(consumer)
             slot = self._slots.pop(consumer, None)
-            # Only the child's own word counts as recycling: a task could exit with any code.
-            recycled = slot is not None and slot.recycling
+            # Only the child's own word counts as a planned exit (recycling, or a SIGTERM sent
+            # to it directly): a task could exit with any code.
+            recycled = slot is not None and slot.planned_exit
             stopped = consumer in self._stopped
             if stopped:
                 self._finish_stopped(consumer, *self._stopped.pop(consumer))

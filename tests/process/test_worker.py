@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -190,6 +191,25 @@ def test_warm_shutdown_finishes_running_keeps_queued(
     assert not r.keys("ot:{tbasic:default}:proc:*")
     start_worker()
     assert [q.get(timeout=5) for q in queued] == ["q0", "q1", "q2"]
+
+
+def test_sigterm_to_the_process_group_is_a_warm_shutdown(
+    start_worker: WorkerFactory, r: redis.Redis
+) -> None:
+    # What a service manager does (systemd's default KillMode): every process gets SIGTERM,
+    # and a child may exit before its supervisor has handled its own.
+    worker = start_worker("tests.apps.basic", "--prefetch", "4", concurrency=2)
+    running = basic.record.delay("running", 0.5)
+    wait_for(lambda: r.llen("test:started") == 1, what="task start")
+    queued = basic.record.delay_many([(f"q{i}", 0.2) for i in range(8)])
+    os.killpg(worker.proc.pid, signal.SIGTERM)
+    assert worker.wait(15) == 0
+    assert running.get(timeout=1) == "running"
+    assert "child died" not in worker.output  # not a crash: no error, no delivery counted
+    assert not r.hlen(basic.app.keys.queue("default").deliveries)
+    assert not r.keys("ot:{tbasic:default}:proc:*")
+    start_worker()
+    assert sorted(q.get(timeout=10) for q in queued) == [f"q{i}" for i in range(8)]
 
 
 def test_second_signal_hands_back_at_once(start_worker: WorkerFactory, r: redis.Redis) -> None:

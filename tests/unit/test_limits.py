@@ -31,6 +31,6 @@ def test_a_kill_never_lands_on_the_next_run() -> None:
 
 def test_recycling_is_the_childs_word_not_an_exit_code() -> None:
     slot = RunSlot(multiprocessing.get_context("fork"))
-    assert slot.recycling is False
-    slot.mark_recycling()
-    assert slot.recycling is True
+    assert slot.planned_exit is False
+    slot.mark_planned_exit()
+    assert slot.planned_exit is True
