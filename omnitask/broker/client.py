@@ -791,9 +791,9 @@ class Broker:
             left = None if deadline is None else deadline - time.monotonic()
             timeout = 0.0 if left is None else max(left, 0.001)
             try:
-                # redis-py's annotation says int; Redis takes fractional seconds since 6.0.
-                reply = self.results.blmove(key, key, timeout, "RIGHT", "LEFT")  # type: ignore[arg-type]
-                return reply  # type: ignore[return-value]
+                # Fractional seconds: Redis takes them since 6.0.
+                reply = _run_one(self.results, ("BLMOVE", key, key, "RIGHT", "LEFT", timeout))
+                return reply  # type: ignore[no-any-return]
             except redis.AuthenticationError:
                 raise
             except (redis.ConnectionError, redis.TimeoutError):
