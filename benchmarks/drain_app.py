@@ -1,8 +1,7 @@
-"""The no-op tasks of benchmarks/extra.py: the same INCR, sync and async."""
+"""The sync no-op task of benchmarks/extra.py (an app without async tasks, so that
+``--prefetch`` applies: children of apps with async tasks claim for their event loop)."""
 
 from __future__ import annotations
-
-from typing import Any
 
 import redis
 
@@ -12,7 +11,8 @@ app = OmniTask("drain")
 _counter: redis.Redis | None = None
 
 
-def _incr() -> None:
+def incr() -> None:
+    """The harness's no-op body: one INCR through a sync redis-py client."""
     global _counter
     if _counter is None:
         _counter = redis.Redis.from_url(app.conf.broker_url)
@@ -21,23 +21,4 @@ def _incr() -> None:
 
 @app.task
 def noop(i: int) -> None:
-    _incr()
-
-
-@app.task
-async def anoop(i: int) -> None:
-    _incr()
-
-
-_aclient: Any = None
-
-
-@app.task
-async def anoop_io(i: int) -> None:
-    """The same INCR through redis-py's asyncio client: the loop runs other tasks meanwhile."""
-    global _aclient
-    if _aclient is None:
-        import redis.asyncio
-
-        _aclient = redis.asyncio.Redis.from_url(app.conf.broker_url)
-    await _aclient.incr("bench:done")
+    incr()

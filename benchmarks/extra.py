@@ -35,12 +35,12 @@ sys.path.insert(0, str(ROOT))
 
 from omnitask.testing.server import RedisServer  # noqa: E402
 
-APP = "benchmarks.drain_app"
+# kind -> (app module, task, worker flags)
 KINDS = {
-    "sync": ("noop", ()),
-    "sync --prefetch 10": ("noop", ("--prefetch", "10")),
-    "async": ("anoop", ()),
-    "async-io": ("anoop_io", ()),
+    "sync": ("benchmarks.drain_app", "noop", ()),
+    "sync --prefetch 10": ("benchmarks.drain_app", "noop", ("--prefetch", "10")),
+    "async": ("benchmarks.drain_async_app", "anoop", ()),
+    "async-io": ("benchmarks.drain_async_app", "anoop_io", ()),
 }
 RAW_WORKER = (
     "import os, redis\n"
@@ -56,7 +56,7 @@ def _env(url: str) -> dict[str, str]:
     return {**os.environ, "OMNITASK_BROKER_URL": url, "PYTHONPATH": str(ROOT)}
 
 
-def _fill(url: str, task: str, n: int) -> None:
+def _fill(url: str, module: str, task: str, n: int) -> None:
     """Queue ``n`` calls of ``task`` (raw: JSON through LPUSH) in batches of 1000."""
     if task == "raw":
         r = redis.Redis.from_url(url)
@@ -66,7 +66,7 @@ def _fill(url: str, task: str, n: int) -> None:
         r.close()
         return
     code = (
-        f"from benchmarks.drain_app import {task} as task\n"
+        f"from {module} import {task} as task\n"
         f"for start in range(0, {n}, 1000):\n"
         f"    task.delay_many([(i,) for i in range(start, min({n}, start + 1000))])\n"
     )
@@ -89,8 +89,8 @@ def _children(pid: int) -> list[int]:
 def drain(kind: str, n: int, concurrency: int) -> dict[str, Any]:
     """One drain run: its rate, start-up and (for a worker) resident memory."""
     with RedisServer() as server:
-        task, flags = ("raw", ()) if kind == "raw" else KINDS[kind]
-        _fill(server.url, task, n)
+        module, task, flags = ("", "raw", ()) if kind == "raw" else KINDS[kind]
+        _fill(server.url, module, task, n)
         r = redis.Redis.from_url(server.url)
         started = time.monotonic()
         if kind == "raw":
@@ -100,7 +100,7 @@ def drain(kind: str, n: int, concurrency: int) -> dict[str, Any]:
                 for _ in range(concurrency)
             ]  # fmt: skip
         else:
-            command = [sys.executable, "-m", "omnitask", "worker", "-A", APP,
+            command = [sys.executable, "-m", "omnitask", "worker", "-A", module,
                        "-c", str(concurrency), "-l", "warning", *flags]  # fmt: skip
             procs = [
                 subprocess.Popen(command, env=_env(server.url), cwd=ROOT,
@@ -146,7 +146,7 @@ def memory(n: int) -> dict[str, float]:
         with RedisServer() as server:
             r = redis.Redis.from_url(server.url)
             before = int(r.info("memory")["used_memory"])
-            _fill(server.url, task, n)
+            _fill(server.url, "benchmarks.drain_app", task, n)
             out[kind] = (int(r.info("memory")["used_memory"]) - before) / n
             r.close()
     return out
