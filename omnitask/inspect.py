@@ -10,7 +10,9 @@ anything and costs workers nothing.
   tasks at once only for its event loop, and an ordinary task among them holds up the ones
   claimed after it. So, in each in-flight list, the tasks up to and including the first
   ordinary one are *active* and the rest are *reserved* (waiting for the main thread). A
-  worker that runs only ordinary tasks never has reserved tasks: omnitask does not prefetch.
+  worker that runs only ordinary tasks has reserved tasks only with ``worker_prefetch`` above
+  1; then the first ordinary task in flight may also be one that finished and whose ack waits
+  for its batch (at most 100 ms).
 - A task's start is the time of its ``task-started`` event (published when it was claimed)
   while the capped event stream still holds it, else when its worker's supervisor first saw
   it running (ordinary tasks, to within half a second, published with the next heartbeat),

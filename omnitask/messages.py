@@ -23,6 +23,7 @@ __all__ = (
     "decode_envelope",
     "decode_result",
     "encode_envelope",
+    "encode_envelope_full",
     "encode_result_record",
     "ms_to_datetime",
     "now_ms",
@@ -146,6 +147,8 @@ def encode_envelope(envelope: Envelope) -> bytes:
     Eight bytes less per plain task (about 9% of its memory in a queue).
     """
     data = _envelope_encoder.encode(envelope)
+    if data[0] != _FIXARRAY + len(Envelope.__struct_fields__):
+        return data  # not msgspec's full array (a future msgspec may trim by itself)
     trim = 0
     for name, default in _OPTIONAL:
         value = getattr(envelope, name)
@@ -156,6 +159,11 @@ def encode_envelope(envelope: Envelope) -> bytes:
         return data
     # A fixarray (at most 15 fields): its first byte is 0x90 plus the count.
     return bytes((data[0] - trim,)) + data[1:-trim]
+
+
+def encode_envelope_full(envelope: Envelope) -> bytes:
+    """Encode an envelope with every field, as versions before the trimming did."""
+    return _envelope_encoder.encode(envelope)
 
 
 def decode_envelope(data: bytes) -> Envelope:

@@ -502,7 +502,9 @@ class Broker:
         for error in errors:
             # The acks applied: running them again would repeat them (see _multi).
             logger.error("redis command failed in an ack command=EVALSHA error=%s", error)
-        return [bool(h) for h in held], (_parse_claim(reply) if reply is not None else None)
+        # A claim of 0 claimed nothing: it must not read as "the queue is empty" to a caller.
+        claim = _parse_claim(reply) if reply is not None and claim_next else None
+        return [bool(h) for h in held], claim
 
     def ack_batch(
         self, queue: str, consumer: str, acks: Sequence[Ack], claim_next: int, still_held: int

@@ -14,6 +14,7 @@ import os
 import resource
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -117,7 +118,9 @@ class Child:
             try:
                 # Tasks of a prefetched batch that ran: acknowledged now, not run again.
                 executor.flush_deferred()
-            except Exception:  # Redis gone: the batch is handed back and rerun
+            except Exception:  # a step that cannot succeed: the batch is handed back, rerun
+                # (While Redis is unreachable it retries until the supervisor's shutdown
+                # timeout stops this child.)
                 logger.exception("acknowledging the prefetched batch failed")
             if runner is not None:
                 # Warm shutdown: running async tasks get what is left of the supervisor's
@@ -151,9 +154,7 @@ class Child:
         claim: Claim | None = None
         queue = self.queues[0]
         runner = executor.runner
-        # A child of an app with async tasks claims as its event loop has room instead.
-        prefetch = self.app.conf.worker_prefetch if runner is None else 1
-        executor.defer_acks = prefetch > 1
+        prefetch = self._prefetch(executor)
         batch = 1  # tasks per claim: grows while they are async, back to 1 at a sync one
         while not self._stopping and not self._recycle_due():
             if runner is not None and not runner.reserved:
@@ -169,7 +170,9 @@ class Child:
             if claim is None:
                 n = min(batch, runner.reserved) if runner else prefetch
                 n = min(n, self._quota())
-                queue, claim = self._claim_any(executor, n)
+                # A SIGTERM must not interrupt the acks a claim sends first (they would be
+                # lost, and their tasks run again); it is seen before the next task runs.
+                queue, claim = self._unstoppable(partial(self._claim_any, executor, n))
                 if not claim.tasks:
                     self._idle(claim)
                     claim = None
@@ -193,8 +196,27 @@ class Child:
                 if runner is not None:
                     ran_async = runner.reserved < reserved
                     batch = min(batch * 2, CLAIM_BATCH_MAX) if ran_async else 1
-            if claim is None:
-                executor.flush_deferred()  # the batch ended without a claim to carry its acks
+            if claim is None:  # the batch ended without a claim to carry its acks
+                self._unstoppable(executor.flush_deferred)
+
+    def _prefetch(self, executor: Executor) -> int:
+        """How many sync tasks to claim at once; above 1, the executor defers quick acks."""
+        # A child of an app with async tasks claims as its event loop has room instead.
+        prefetch = self.app.conf.worker_prefetch if executor.runner is None else 1
+        executor.defer_acks = prefetch > 1
+        if executor.defer_acks:
+            threading.Thread(
+                target=executor.watch_deferred, name="omnitask-acks", daemon=True
+            ).start()
+        return prefetch
+
+    def _unstoppable(self, step: Callable[[], T]) -> T:
+        """Run ``step`` so that a SIGTERM does not interrupt it (the loop sees it after)."""
+        self._busy = True
+        try:
+            return step()
+        finally:
+            self._busy = False
 
     def _quota(self) -> int:
         """Tasks this child may still claim before it is recycled."""
@@ -242,6 +264,8 @@ class Child:
         return self.queues[0], claim._replace(next_due_ms=min(due, default=None))
 
     def _idle(self, claim: Claim) -> None:
+        if self._stopping:
+            return  # a SIGTERM came while busy: the loop ends instead of blocking
         wait = IDLE_WAIT_MAX_S
         if claim.next_due_ms is not None:
             wait = min(wait, max(claim.next_due_ms - claim.now_ms, 1) / 1000)

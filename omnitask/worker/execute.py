@@ -36,6 +36,7 @@ from omnitask.messages import (
     decode_envelope,
     decode_result,
     encode_envelope,
+    encode_envelope_full,
     encode_result_record,
     ms_to_datetime,
     now_ms,
@@ -127,6 +128,7 @@ class Executor:
         self.defer_acks = False
         self._deferred: list[Ack] = []
         self._deferred_since = 0.0
+        self._defer_lock = threading.Lock()
         self._events_key = app.keys.events
         self._maxlen = conf.events_maxlen if conf.events else 0
 
@@ -219,8 +221,11 @@ class Executor:
         signer = self.app.signer
         # The signature covers the decoded values; demanding the canonical bytes too stops a
         # re-encoded message (same values, other bytes) from passing with a valid signature.
+        # Either encoding: trimmed (encode_envelope), or with every field, as senders before
+        # the trimming wrote it; the signature covers the full one either way.
         if signer is not None and not (
-            signer.verify(envelope) and encode_envelope(envelope) == body
+            signer.verify(envelope)
+            and body in (encode_envelope(envelope), encode_envelope_full(envelope))
         ):
             what = (
                 "is not signed" if envelope.sig is None else "has a signature that does not match"
@@ -364,9 +369,10 @@ class Executor:
             # The body ran and its side effects happened: running it again cannot help.
             return self._fail(run, request, exc, runtime, claim_next)
         if self.defer_acks and not ack.extra and runtime < ACK_DEFER_RUNTIME_MAX_S:
-            if not self._deferred:
-                self._deferred_since = time.monotonic()
-            self._deferred.append(ack)
+            with self._defer_lock:
+                if not self._deferred:
+                    self._deferred_since = time.monotonic()
+                self._deferred.append(ack)
             claim = None
             if claim_next or time.monotonic() - self._deferred_since > ACK_DEFER_MAX_S:
                 claim = self.flush_deferred(claim_next)
@@ -378,12 +384,28 @@ class Executor:
         self._success_signals(request, value, runtime)
         return claim
 
+    def watch_deferred(self) -> None:
+        """Send waiting acks once the oldest has waited ``ACK_DEFER_MAX_S`` (a thread's loop).
+
+        While a long task runs, the acks of the quick ones before it would wait for its end;
+        and if its child were killed (hard time limit, terminate), their tasks would be
+        handed back and run again. Started by a prefetching child; never returns.
+        """
+        while True:
+            time.sleep(ACK_DEFER_MAX_S / 4)
+            if self._deferred and time.monotonic() - self._deferred_since > ACK_DEFER_MAX_S:
+                try:
+                    self.flush_deferred()
+                except Exception:  # the main thread sends them next time
+                    logger.exception("sending the acks of a prefetched batch failed")
+
     def flush_deferred(self, claim_next: int = 0) -> Claim | None:
         """Send the deferred acks of a prefetched batch, with a claim of ``claim_next``.
 
         Returns the claim, if one was made.
         """
-        acks, self._deferred = self._deferred, []
+        with self._defer_lock:
+            acks, self._deferred = self._deferred, []
         if not acks:
             return None
         queue = acks[0].queue

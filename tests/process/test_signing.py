@@ -9,7 +9,7 @@ import pytest
 import redis
 
 import omnitask
-from omnitask.messages import decode_envelope, encode_envelope
+from omnitask.messages import decode_envelope, encode_envelope, encode_envelope_full
 from omnitask.signing import Signer
 from tests.apps import basic
 from tests.conftest import WorkerFactory, wait_for
@@ -69,6 +69,24 @@ def test_tampered_and_unsigned_messages_are_not_run(
     assert r.llen("test:log") == 0  # neither ran
     with pytest.raises(omnitask.MessageError, match="signature that does not match"):
         good.get(timeout=5)
+
+
+def test_a_message_in_the_untrimmed_encoding_still_runs(
+    start_worker: WorkerFactory, r: redis.Redis
+) -> None:
+    # Queued by a sender that wrote every field of the envelope (before trailing defaults
+    # were dropped): same values, same signature, other bytes.
+    start_worker(env={"OMNITASK_SECRET_KEY": KEY})
+    qk = basic.app.keys.queue("default")
+    result = basic.record.apply_async(("old",), countdown=60)
+    (body,) = r.zrange(qk.delayed, 0, -1)
+    r.delete(qk.delayed)
+    full = encode_envelope_full(decode_envelope(body))
+    assert len(full) > len(body)
+    r.rpush(qk.ready[5], full)
+    r.lpush(qk.wake, "1")
+    assert result.get(timeout=10) == "old"
+    assert r.xlen(qk.dead) == 0
 
 
 def test_cloudpickle_without_a_key_is_refused_at_delay() -> None:

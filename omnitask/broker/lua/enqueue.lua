@@ -13,7 +13,9 @@
 -- when ready now), task id, task name
 -- Returns {} when everything applied, else the errors of the steps after the RPUSHes and the
 -- ZADD (a key of the wrong type): the tasks are queued all the same, and the client logs
--- them. An error of the first RPUSH or ZADD raises before anything was written.
+-- them. An error of an RPUSH or the ZADD raises: before anything was written when it is the
+-- first, else after the lists before it were pushed (a batch over several priorities, or with
+-- delayed tasks, is then partly queued although the call failed; as with a MULTI).
 
 local CHUNK = 1000 -- unpack() of more than about 8000 values overflows Lua's stack
 local ready, delayed = {}, {}
