@@ -501,7 +501,8 @@ class OmniTask:
         if task is not None and task.unique is not None:
             return send_unique(self, task, call, call_args, call_kwargs, opts, follow)
         self.broker.enqueue(call.queue, [call.item])
-        return AsyncResult(call.task_id, self, ignored=bool(task and task.ignore_result))
+        ignored = bool(task and task.ignore_result)
+        return AsyncResult(call.task_id, self, queue=call.queue, ignored=ignored)
 
     async def send_task_async(
         self,
@@ -513,9 +514,15 @@ class OmniTask:
         """The awaitable form of :meth:`send_task`: the event loop never waits on Redis."""
         return await awaiting.in_thread(partial(self.send_task, name, args, kwargs, **options))
 
-    def AsyncResult(self, task_id: str) -> AsyncResult[Any]:  # noqa: N802 - Celery's name
-        """A handle on the result of task ``task_id``."""
-        return AsyncResult(task_id, self)
+    def AsyncResult(  # noqa: N802 - Celery's name
+        self, task_id: str, *, queue: str | None = None
+    ) -> AsyncResult[Any]:
+        """A handle on the result of task ``task_id``, sent to ``queue``.
+
+        A result is kept beside its task, under its queue's keys: name the queue the task was
+        sent to when it was not the app's default one.
+        """
+        return AsyncResult(task_id, self, queue=queue)
 
     @property
     def dead_letters(self) -> DeadLetters:

@@ -274,7 +274,7 @@ class Beat:
             self.broker._eval(
                 FIRE,
                 [
-                    *(keys.beat_leader, keys.beat_schedules, keys.beat_fired, keys.events),
+                    *(keys.beat_leader, keys.beat_schedules, keys.beat_fired, qk.events),
                     *(keys.queues, qk.wake, *qk.ready),
                 ],
                 [

@@ -132,7 +132,7 @@ class Child:
         return AsyncRunner(
             conf.async_backend,
             conf.async_concurrency,
-            self.app.broker.to_terminate,
+            partial(self.app.broker.to_terminate, queues=self.queues),
             executor.flush_acks,
         )
 

@@ -73,11 +73,11 @@ def test_ack_removes_and_stores_result(app: OmniTask, r: redis.Redis) -> None:
     assert held is True
     assert nxt is not None and len(nxt.tasks) == 1  # the next task was claimed in the same step
     assert r.lrange(qk.proc("c1"), 0, -1) == [nxt.tasks[0].body]
-    assert r.lrange(app.keys.result(task_id), 0, -1) == [b"rec"]
-    assert 59_000 < r.pttl(app.keys.result(task_id)) <= 60_000
+    assert r.lrange(app.keys.queue("default").result(task_id), 0, -1) == [b"rec"]
+    assert 59_000 < r.pttl(app.keys.queue("default").result(task_id)) <= 60_000
     # Acking again (a retried round trip) is harmless and says the task is no longer held.
     held, _ = app.broker.ack("default", "c1", claimed.body, task_id, (b"rec", 60_000), None)
-    assert held is False and r.llen(app.keys.result(task_id)) == 1
+    assert held is False and r.llen(app.keys.queue("default").result(task_id)) == 1
 
 
 def test_delayed_is_promoted_when_due(app: OmniTask, r: redis.Redis) -> None:
@@ -179,8 +179,8 @@ def test_separate_result_backend(redis_server: object, redis_url: str, r: redis.
     claimed = app.broker.claim("default", "c1").tasks[0]
     app.broker.ack("default", "c1", claimed.body, call.task_id, (b"rec", 10_000), None, 1)
     with redis.Redis.from_url(results_url) as results:
-        assert results.lrange(app.keys.result(call.task_id), 0, -1) == [b"rec"]
-    assert not r.exists(app.keys.result(call.task_id))
+        assert results.lrange(app.keys.queue("default").result(call.task_id), 0, -1) == [b"rec"]
+    assert not r.exists(app.keys.queue("default").result(call.task_id))
     app.close()
 
 
@@ -199,7 +199,7 @@ def test_retry_only_while_held(app: OmniTask, r: redis.Redis) -> None:
     assert app.broker.retry("default", "c1", body, b"new", 5, None, task_id, state, ["i", task_id])
     qk = app.keys.queue("default")
     assert r.lrange(qk.ready[5], 0, -1) == [b"new"] and r.llen(qk.proc("c1")) == 0
-    assert r.get(app.keys.state(task_id)) == b"retry-record"
+    assert r.get(app.keys.queue("default").state(task_id)) == b"retry-record"
     # Run again (a lost reply) or after the lease expired: no second copy.
     assert not app.broker.retry("default", "c1", body, b"new", 5, None, task_id, state, [])
     assert r.llen(qk.ready[5]) == 1
@@ -216,12 +216,12 @@ def test_bury_only_while_held(app: OmniTask, r: redis.Redis) -> None:
 def test_errors_abort_before_anything_moves(app: OmniTask, r: redis.Redis) -> None:
     qk = app.keys.queue("default")
     send(app, 1)
-    r.delete(app.keys.events)
-    r.set(app.keys.events, "not a stream")  # e.g. another tool sharing the prefix
+    r.delete(app.keys.queue("default").events)
+    r.set(app.keys.queue("default").events, "not a stream")  # e.g. another tool sharing the prefix
     with pytest.raises(redis.ResponseError):
         app.broker.claim("default", "c1")
     assert r.llen(qk.ready[5]) == 1 and r.llen(qk.proc("c1")) == 0
-    r.delete(app.keys.events)
+    r.delete(app.keys.queue("default").events)
     body = app.broker.claim("default", "c1").tasks[0].body
     r.set(qk.dead, "not a stream")
     with pytest.raises(redis.ResponseError):
@@ -246,9 +246,9 @@ def test_lapsed_revocation_no_longer_applies(app: OmniTask) -> None:
     app.configure(revoke_ttl_s=0.05)
     task_id = send(app, 1, countdown=0.2)
     assert app.broker.revoke(
-        task_id, terminate=False, record=b"r", result_ttl_ms=1000, event_fields=[]
+        task_id, "default", terminate=False, record=b"r", result_ttl_ms=1000, event_fields=[]
     )
-    app.broker.forget(task_id)
+    app.broker.forget(task_id, "default")
     time.sleep(0.3)  # due now, and the revocation has lapsed
     claim = app.broker.claim("default", "c1")
     assert len(claim.tasks) == 1 and claim.tasks[0].revoked is False
@@ -278,12 +278,16 @@ def test_revoke_on_a_separate_result_backend(redis_url: str, r: redis.Redis) -> 
     body = app.broker.claim("default", "c1").tasks[0].body
     app.broker.ack("default", "c1", body, done.task_id, (b"success", 60_000), None)
     assert app.broker.revoke(
-        done.task_id, terminate=False, record=b"revoked", result_ttl_ms=60_000, event_fields=[]
+        done.task_id, "default", terminate=False, record=b"revoked", result_ttl_ms=60_000,
+        event_fields=[],
     ) is False  # fmt: skip
     assert app.broker.revoke(
-        pending.task_id, terminate=False, record=b"revoked", result_ttl_ms=60_000, event_fields=[]
+        pending.task_id, "default", terminate=False, record=b"revoked", result_ttl_ms=60_000,
+        event_fields=[],
     ) is True  # fmt: skip
     with redis.Redis.from_url(results_url) as results:
-        assert results.lrange(app.keys.result(done.task_id), 0, -1) == [b"success"]
-        assert results.lrange(app.keys.result(pending.task_id), 0, -1) == [b"revoked"]
+        assert results.lrange(app.keys.queue("default").result(done.task_id), 0, -1) == [b"success"]
+        assert results.lrange(app.keys.queue("default").result(pending.task_id), 0, -1) == [
+            b"revoked"
+        ]
     app.close()

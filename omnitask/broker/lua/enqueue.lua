@@ -7,10 +7,9 @@
 -- (delay_many) keep the MULTI, whose cost is shared by the batch.
 --
 -- KEYS[1] ready LIST of its priority   KEYS[2] delayed ZSET   KEYS[3] wake LIST
--- KEYS[4] events STREAM   KEYS[5] queues SET
+-- KEYS[4] events STREAM (the queue's)
 -- ARGV[1] envelope   ARGV[2] due ms ('' = now)   ARGV[3] task id   ARGV[4] task name
 -- ARGV[5] queue name   ARGV[6] events maxlen (0: none)   ARGV[7] max wake tokens
--- ARGV[8] '1' to record the queue name in the queues set
 -- Returns {} when everything applied, else the errors of the steps after the RPUSH / ZADD
 -- (a key of the wrong type): the task is queued all the same, and the client logs them. An
 -- error of the RPUSH / ZADD itself raises before anything was written.
@@ -33,8 +32,5 @@ try('LPUSH', KEYS[3], '1')
 try('LTRIM', KEYS[3], 0, tonumber(ARGV[7]) - 1)
 if tonumber(ARGV[6]) > 0 then
   try('XADD', KEYS[4], 'MAXLEN', '~', ARGV[6], '*', 'e', 'task-sent', unpack(fields))
-end
-if ARGV[8] == '1' then
-  try('SADD', KEYS[5], ARGV[5])
 end
 return errors
