@@ -9,7 +9,13 @@ from typing import Any, NamedTuple, TypeVar
 
 import redis
 from redis.cluster import RedisCluster
-from redis.exceptions import NoScriptError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    NoScriptError,
+    TryAgainError,
+)
 from redis.sentinel import MasterNotFoundError
 
 from omnitask.broker import commands as cmd
@@ -49,6 +55,12 @@ Server = redis.Redis
 """A client of one Redis server: a plain one, the master Sentinel names, or a cluster's master."""
 Client = redis.Redis | RedisCluster
 """A client of one Redis server or of a Redis Cluster."""
+
+SLOTS_REFUSED = (MovedError, AskError, ClusterDownError, TryAgainError)
+"""A cluster's refusals of a command it did not run: the slot moved, or has no master yet."""
+
+SLOTS_REFRESH_S = 0.5
+"""Shortest time between two reads of a cluster's slot map after errors."""
 
 WAKE_SLICE_S = 0.05
 """Longest wait on one queue's wake list when a cluster worker waits on queues in turn."""
@@ -186,6 +198,7 @@ class Broker:
         self._redis: Client | None = None
         self._results: Client | None = None
         self._known_queues: set[str] = set()
+        self._slots_read = 0.0
 
     @property
     def redis(self) -> Client:
@@ -229,6 +242,23 @@ class Broker:
             return target.get_redis_connection(node)
         return target
 
+    def refresh_slots(self) -> None:
+        """Read a cluster's map of slots to masters again (at most every ``SLOTS_REFRESH_S``).
+
+        Called after an error of a script or MULTI sent to a master directly: the master may
+        have died and a replica taken its slots over, or the slot moved. redis-py's own
+        commands do this by themselves; those sent past it must ask.
+        """
+        client = self._redis
+        now = time.monotonic()
+        if not isinstance(client, RedisCluster) or now - self._slots_read < SLOTS_REFRESH_S:
+            return
+        self._slots_read = now
+        try:
+            client.nodes_manager.initialize()
+        except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
+            logger.warning("could not read the cluster's slots error=%s", exc)
+
     def same_slot(self, queues: Sequence[str]) -> bool:
         """Whether one step may touch the keys of all of ``queues`` (always, off a cluster)."""
         return not self.is_cluster or len(set(queues)) <= 1
@@ -257,11 +287,16 @@ class Broker:
     ) -> Any:
         target = self.node(keys[0], client)
         try:
-            return target.evalsha(script.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            # First use on this server, or it restarted and forgot its script cache.
-            target.script_load(script.source)
-            return target.evalsha(script.sha, len(keys), *keys, *args)
+            try:
+                return target.evalsha(script.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                # First use on this server (a promoted replica has none), or it restarted and
+                # forgot its script cache.
+                target.script_load(script.source)
+                return target.evalsha(script.sha, len(keys), *keys, *args)
+        except (*SLOTS_REFUSED, redis.ConnectionError, redis.TimeoutError):
+            self.refresh_slots()
+            raise
 
     def load_scripts(self) -> None:
         """Load every script into the broker's script cache (each master's, on a cluster)."""
@@ -301,7 +336,11 @@ class Broker:
         raise. When only a later one failed (an event not published), the step happened:
         log it rather than raise, since running the step again would repeat what applied.
         """
-        replies = _run_multi(client, commands)
+        try:
+            replies = _run_multi(client, commands)
+        except (*SLOTS_REFUSED, redis.ConnectionError, redis.TimeoutError):
+            self.refresh_slots()
+            raise
         limit = len(replies) if essential is None else essential
         for i, reply in enumerate(replies):
             if isinstance(reply, Exception):
@@ -372,11 +411,15 @@ class Broker:
         )  # fmt: skip
         node = self.node(qk.wake)
         try:
-            errors = _run_one(node, command)
-        except NoScriptError:
-            # First use on this server, or it restarted and forgot its scripts: nothing ran.
-            node.script_load(ENQUEUE.source)
-            errors = _run_one(node, command)
+            try:
+                errors = _run_one(node, command)
+            except NoScriptError:
+                # First use on this server, or it restarted and forgot its scripts: nothing ran.
+                node.script_load(ENQUEUE.source)
+                errors = _run_one(node, command)
+        except (*SLOTS_REFUSED, redis.ConnectionError, redis.TimeoutError):
+            self.refresh_slots()
+            raise
         for error in errors:  # queued all the same: an event or wake-up did not apply
             logger.error("redis command failed on enqueue id=%s error=%s", task_id, error)
 
@@ -414,6 +457,7 @@ class Broker:
                 broke after the step was sent (it may or may not have applied: the message
                 names the tasks).
         """
+        refused_until = time.monotonic() + self.config.enqueue_timeout_s
         while True:
             try:
                 return step()
@@ -423,6 +467,16 @@ class Broker:
                     f"Redis at {mask_url(self.config.broker_url)} refused the credentials; "
                     f"{len(task_ids)} task(s) not queued ({exc})"
                 ) from exc
+            except SLOTS_REFUSED as exc:
+                # The cluster ran nothing (a MULTI with a refused command is discarded whole):
+                # try again once the slot's new master is known, within the same timeout.
+                if time.monotonic() >= refused_until:
+                    raise BrokerUnavailable(
+                        f"the Redis Cluster at {mask_url(self.config.broker_url)} has no master "
+                        f"for the slot; {len(task_ids)} task(s) not queued ({exc})"
+                    ) from exc
+                time.sleep(SLOTS_REFRESH_S / 2)
+                self.refresh_slots()
             except redis.ResponseError as exc:
                 if not str(exc).startswith("NOREPLICAS"):
                     raise
@@ -457,9 +511,9 @@ class Broker:
         deadline = time.monotonic() + self.config.enqueue_timeout_s
         delay = 0.05
         while True:
-            pool = self.node(self.keys.queues).connection_pool
             try:
-                pool.release(pool.get_connection())
+                for pool in self._pools():
+                    pool.release(pool.get_connection())
                 return
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 remaining = deadline - time.monotonic()
@@ -471,6 +525,15 @@ class Broker:
                     ) from exc
                 time.sleep(min(delay, remaining))
                 delay = min(delay * 2, 1.0)
+
+    def _pools(self) -> list[Any]:
+        """The connection pools a send may use: the server's, or each master's of a cluster."""
+        client = self.redis
+        if not isinstance(client, RedisCluster):
+            return [client.connection_pool]
+        self.refresh_slots()  # a master that died may have handed its slots to a replica
+        primaries = client.get_primaries()  # type: ignore[no-untyped-call, unused-ignore]
+        return [client.get_redis_connection(n).connection_pool for n in primaries]
 
     @property
     def _events_maxlen(self) -> int:

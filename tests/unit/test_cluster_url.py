@@ -42,3 +42,11 @@ def test_config_checks_the_url_and_masks_the_password() -> None:
     assert not app.broker.same_slot(["a", "b"]) and app.broker.same_slot(["a", "a"])
     with pytest.raises(ConfigurationError, match=r"broker_url 'redis\+cluster://:\*\*\*@h1/0'"):
         OmniTask("shop", broker="redis+cluster://:pw@h1/0")
+
+
+def test_beat_refuses_a_cluster_before_connecting() -> None:
+    from omnitask.beat import Beat
+
+    app = OmniTask("shop", broker="redis+cluster://127.0.0.1:1/")
+    with pytest.raises(ConfigurationError, match="beat"):
+        Beat(app).run()
