@@ -199,6 +199,7 @@ class Broker:
         self._results: Client | None = None
         self._known_queues: set[str] = set()
         self._slots_read = 0.0
+        self._on_cluster = is_cluster_url(config.broker_url)
 
     @property
     def redis(self) -> Client:
@@ -219,7 +220,7 @@ class Broker:
     @property
     def is_cluster(self) -> bool:
         """Whether the broker is a Redis Cluster (each queue's keys on the master of its slot)."""
-        return is_cluster_url(self.config.broker_url)
+        return self._on_cluster
 
     def _client(self, url: str) -> Client:
         # Never re-sends a command by itself: see sync_client.
@@ -267,8 +268,12 @@ class Broker:
         """Close every connection (they reopen on next use)."""
         if self._redis is not None:
             self._redis.close()
+            if isinstance(self._redis, RedisCluster):
+                self._redis = None  # a closed cluster client keeps no slot map: make a new one
         if self._results is not None:
             self._results.close()
+            if isinstance(self._results, RedisCluster):
+                self._results = None
 
     def ping(self) -> None:
         """Round trip to the broker (and result backend), raising if either is unreachable."""
