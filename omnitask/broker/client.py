@@ -237,7 +237,11 @@ class Broker:
         Scripts and MULTI blocks go there directly: each touches the keys of one hash tag, so
         one slot, and redis-py's cluster pipeline has no MULTI of its own to offer.
         """
-        target = client if client is not None else self.redis
+        if client is None:
+            if not self._on_cluster and self._redis is not None:
+                return self._redis  # type: ignore[return-value]  # not a cluster: one server
+            client = self.redis
+        target = client
         if isinstance(target, RedisCluster):
             node = target.get_node_from_key(key)  # type: ignore[no-untyped-call, unused-ignore]
             return target.get_redis_connection(node)
@@ -373,7 +377,8 @@ class Broker:
         """Queue envelopes (``bytes, priority, due ms or None, id, name``) in one MULTI."""
         qk = self.keys.queue(queue)
         ids = [e[3] for e in envelopes]
-        self.register_queues([queue], ids)
+        if queue not in self._known_queues:
+            self.register_queues([queue], ids)
         if len(envelopes) == 1:
             self._send(lambda: self._enqueue_one(qk, envelopes[0]), ids)
             return
