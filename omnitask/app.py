@@ -27,7 +27,7 @@ import redis
 from omnitask import awaiting
 from omnitask.broker.client import Broker
 from omnitask.broker.keys import Keyspace, check_name
-from omnitask.canvas import GATHER_TASK, Signature, gather, links
+from omnitask.canvas import GATHER_TASK, Signature, check_links, gather, links
 from omnitask.config import Config, load_config, mask_url
 from omnitask.deadletters import DeadLetters
 from omnitask.errors import BrokerConnectionError, ConfigurationError, TaskNotRegisteredError
@@ -494,6 +494,8 @@ class OmniTask:
         follow = links(link, link_error) if link is not None or link_error is not None else None
         call_args, call_kwargs = tuple(args), dict(kwargs or {})
         call = Call.build(self, task or name, call_args, call_kwargs, opts, follow)
+        if follow is not None:
+            check_links(self, call.queue, link, link_error)
         if self.conf.eager:
             from omnitask.testing.eager import run_eager  # only eager apps pay for the import
 

@@ -548,6 +548,26 @@ def _from_wire(wire: Sequence[Any], app: OmniTask | None = None) -> Node:
     return Chord(header, _from_wire(wire[2], app))
 
 
+def check_links(
+    app: OmniTask,
+    queue: str,
+    link: Signature[Any] | Sequence[Signature[Any]] | None,
+    link_error: Signature[Any] | Sequence[Signature[Any]] | None,
+) -> None:
+    """On a Redis Cluster, refuse callbacks that run on another queue than their task's.
+
+    They are queued by the step that finishes the task, on its queue's hash slot.
+
+    Raises:
+        ConfigurationError: A callback's queue is not ``queue``, on a cluster.
+    """
+    if not app.broker.is_cluster:
+        return
+    sigs = [s for group in (link, link_error) if group is not None
+            for s in ([group] if isinstance(group, Signature) else group)]  # fmt: skip
+    _check_one_slot(app, [queue, *(queue_of(app, sig) for sig in sigs)])
+
+
 def links(
     link: Signature[Any] | Sequence[Signature[Any]] | None,
     link_error: Signature[Any] | Sequence[Signature[Any]] | None,

@@ -126,5 +126,8 @@ def test_a_workflow_over_several_queues_is_refused() -> None:
 
     with pytest.raises(ConfigurationError, match="one queue"):
         chain(apps.on_a.s(1), apps.on_b.si(2)).delay()
+    with pytest.raises(ConfigurationError, match="one queue"):
+        apps.on_a.apply_async((1,), link=apps.on_b.s())
     # On one queue it goes through (nothing runs it here; it is only queued).
     chain(apps.echo.s(1), apps.echo.si(2)).delay()
+    apps.on_a.apply_async((1,), link=apps.on_a.s())
