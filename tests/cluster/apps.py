@@ -66,3 +66,15 @@ def on_b(i: int) -> str:
 def on_d(i: int) -> str:
     """A task routed to queue ``q-d``."""
     return f"d{i}"
+
+
+@app.task(queue="q-a")
+async def async_on_a(i: int) -> str:
+    """An async task on ``q-a``: a child finishes several at once, in one step per queue."""
+    return f"aa{i}"
+
+
+@app.task(queue="q-b")
+async def async_on_b(i: int) -> str:
+    """An async task on ``q-b``."""
+    return f"ab{i}"

@@ -131,3 +131,9 @@ def test_a_workflow_over_several_queues_is_refused() -> None:
     # On one queue it goes through (nothing runs it here; it is only queued).
     chain(apps.echo.s(1), apps.echo.si(2)).delay()
     apps.on_a.apply_async((1,), link=apps.on_a.s())
+
+
+def test_async_tasks_of_queues_on_two_masters(start_worker: WorkerFactory) -> None:
+    start_worker("-Q", "q-a,q-b", concurrency=1)
+    results = [t.delay(i) for i in range(30) for t in (apps.async_on_a, apps.async_on_b)]
+    assert [r.get(timeout=15) for r in results] == [f"a{q}{i}" for i in range(30) for q in "ab"]
