@@ -281,7 +281,7 @@ class Broker:
 
     def ping(self) -> None:
         """Round trip to the broker (and result backend), raising if either is unreachable."""
-        self.redis.ping()  # on a cluster: every master
+        self.redis.ping()
         if not self.shared_results:
             self.results.ping()
 

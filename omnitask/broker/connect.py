@@ -14,8 +14,8 @@ ACL user); sentinels with a password of their own take ``?sentinel_password=`` (
 The client asks the sentinels for the master's address at each new connection, so after a
 failover the next connection goes to the promoted replica.
 
-Redis Cluster takes ``redis+cluster://``, the form Spring Data Redis and Lettuce spell with
-``redis-cluster`` and redis-py spells not at all::
+Redis Cluster takes ``redis+cluster://``, shaped like the Sentinel form (redis-py's own cluster
+URL names one node only)::
 
     redis+cluster://[user:password@]host1[:port1][,host2[:port2]...][/][?options]
     rediss+cluster://...   (TLS to every node)
