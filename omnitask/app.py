@@ -27,7 +27,7 @@ import redis
 from omnitask import awaiting
 from omnitask.broker.client import Broker
 from omnitask.broker.keys import Keyspace, check_name
-from omnitask.canvas import GATHER_TASK, Signature, gather, links
+from omnitask.canvas import GATHER_TASK, Signature, check_links, gather, links
 from omnitask.config import Config, load_config, mask_url
 from omnitask.deadletters import DeadLetters
 from omnitask.errors import BrokerConnectionError, ConfigurationError, TaskNotRegisteredError
@@ -495,6 +495,8 @@ class OmniTask:
         follow = links(link, link_error) if link is not None or link_error is not None else None
         call_args, call_kwargs = tuple(args), dict(kwargs or {})
         call = Call.build(self, task or name, call_args, call_kwargs, opts, follow)
+        if follow is not None:
+            check_links(self, call.queue, link, link_error)
         if self.conf.eager:
             from omnitask.testing.eager import run_eager  # only eager apps pay for the import
 
@@ -502,7 +504,8 @@ class OmniTask:
         if task is not None and task.unique is not None:
             return send_unique(self, task, call, call_args, call_kwargs, opts, follow)
         self.broker.enqueue(call.queue, [call.item])
-        return AsyncResult(call.task_id, self, ignored=bool(task and task.ignore_result))
+        ignored = bool(task and task.ignore_result)
+        return AsyncResult(call.task_id, self, queue=call.queue, ignored=ignored)
 
     async def send_task_async(
         self,
@@ -514,9 +517,15 @@ class OmniTask:
         """The awaitable form of :meth:`send_task`: the event loop never waits on Redis."""
         return await awaiting.in_thread(partial(self.send_task, name, args, kwargs, **options))
 
-    def AsyncResult(self, task_id: str) -> AsyncResult[Any]:  # noqa: N802 - Celery's name
-        """A handle on the result of task ``task_id``."""
-        return AsyncResult(task_id, self)
+    def AsyncResult(  # noqa: N802 - Celery's name
+        self, task_id: str, *, queue: str | None = None
+    ) -> AsyncResult[Any]:
+        """A handle on the result of task ``task_id``, sent to ``queue``.
+
+        A result is kept beside its task, under its queue's keys: name the queue the task was
+        sent to when it was not the app's default one.
+        """
+        return AsyncResult(task_id, self, queue=queue)
 
     @property
     def dead_letters(self) -> DeadLetters:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
-from omnitask.broker.connect import async_client
+from omnitask.broker.connect import async_client, async_cluster_client, is_cluster_url
 
 if TYPE_CHECKING:
     from omnitask.app import OmniTask
@@ -37,11 +37,13 @@ async def in_thread(fn: Callable[[], T]) -> T:
     return await anyio.to_thread.run_sync(fn)
 
 
-async def wait_result(app: OmniTask, task_id: str, timeout_s: float | None) -> bytes | None:
-    """Wait for a task's final result record; None on timeout."""
+async def wait_result(
+    app: OmniTask, task_id: str, queue: str, timeout_s: float | None
+) -> bytes | None:
+    """Wait for the final result record of a task sent to ``queue``; None on timeout."""
     if _on_asyncio():
-        return await _wait_asyncio(app, task_id, timeout_s)
-    return await _wait_in_threads(app, task_id, timeout_s)
+        return await _wait_asyncio(app, task_id, queue, timeout_s)
+    return await _wait_in_threads(app, task_id, queue, timeout_s)
 
 
 def _on_asyncio() -> bool:
@@ -52,21 +54,30 @@ def _on_asyncio() -> bool:
     return True
 
 
-async def _wait_asyncio(app: OmniTask, task_id: str, timeout_s: float | None) -> bytes | None:
+async def _wait_asyncio(
+    app: OmniTask, task_id: str, queue: str, timeout_s: float | None
+) -> bytes | None:
     # A client per wait: connections of redis-py's asyncio client belong to one event loop,
     # and a wait is long next to the connect.
-    client = async_client(app.conf.result_url, connect_timeout_s=app.conf.connect_timeout_s)
-    key = app.keys.result(task_id)
+    url, connect_timeout_s = app.conf.result_url, app.conf.connect_timeout_s
+    client: Any = (
+        async_cluster_client(url, connect_timeout_s=connect_timeout_s)
+        if is_cluster_url(url)
+        else async_client(url, connect_timeout_s=connect_timeout_s)
+    )
+    key = app.keys.queue(queue).result(task_id)
     timeout = 0.0 if timeout_s is None else max(timeout_s, 0.001)
     try:
         # The record stays in place (a move onto itself): any number of waiters wake.
-        reply: Any = await client.blmove(key, key, timeout, "RIGHT", "LEFT")  # type: ignore[arg-type]
+        reply: Any = await client.blmove(key, key, timeout, "RIGHT", "LEFT")
         return reply  # type: ignore[no-any-return]
     finally:
         await client.aclose()
 
 
-async def _wait_in_threads(app: OmniTask, task_id: str, timeout_s: float | None) -> bytes | None:
+async def _wait_in_threads(
+    app: OmniTask, task_id: str, queue: str, timeout_s: float | None
+) -> bytes | None:
     global _waiters
     if _waiters is None:
         # Waiting threads only sleep in Redis; many may wait at once without starving the
@@ -79,7 +90,7 @@ async def _wait_in_threads(app: OmniTask, task_id: str, timeout_s: float | None)
             slice_s = min(slice_s, deadline - anyio.current_time())
             if slice_s <= 0:
                 return None
-        wait = partial(app.broker.wait_result, task_id, slice_s)
+        wait = partial(app.broker.wait_result, task_id, queue, slice_s)
         data = await anyio.to_thread.run_sync(wait, abandon_on_cancel=True, limiter=_waiters)
         if data is not None:
             return data

@@ -34,7 +34,7 @@ from redis.exceptions import RedisError
 from omnitask.broker.client import Broker
 from omnitask.broker.keys import WAKE_TOKENS_MAX
 from omnitask.broker.scripts import FIRE, LEAD, RESIGN
-from omnitask.errors import OmnitaskError
+from omnitask.errors import ConfigurationError, OmnitaskError
 from omnitask.periodic import Schedules
 from omnitask.producer import Call
 from omnitask.schedules import Periodic, Run, due_run, next_slot, run_id
@@ -105,7 +105,15 @@ class Beat:
 
         Raises:
             BrokerConnectionError: Redis cannot be reached at start.
+            ConfigurationError: The broker is a Redis Cluster.
         """
+        if self.app.broker.is_cluster:
+            # fire.lua checks the lease and the schedule (the app's slot) and queues the run
+            # (the queue's) in one step, which a cluster cannot do across two slots.
+            raise ConfigurationError(
+                "periodic tasks (beat) do not run on Redis Cluster yet: run beat against a "
+                "single Redis or Sentinel"
+            )
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         if threading.current_thread() is threading.main_thread():
@@ -274,7 +282,7 @@ class Beat:
             self.broker._eval(
                 FIRE,
                 [
-                    *(keys.beat_leader, keys.beat_schedules, keys.beat_fired, keys.events),
+                    *(keys.beat_leader, keys.beat_schedules, keys.beat_fired, qk.events),
                     *(keys.queues, qk.wake, *qk.ready),
                 ],
                 [

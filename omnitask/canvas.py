@@ -6,9 +6,11 @@ result is known from the start. The first tasks are queued; each carries, in its
 
 - ``("c", nodes)``: the rest of a chain. When the task succeeds, the first node starts with
   the task's return value prepended to its arguments (unless it is immutable, ``si()``).
-- ``("j", chord id, index, queue, ids)``: a chord to report to. The task's result record goes
-  into the chord's hash in Redis; the one that completes the count queues the callback,
-  which was built when the chord started and waits in that hash.
+- ``("j", chord id, index, queue, targets)``: a chord to report to. The task's result record
+  goes into the chord's hash in Redis (under the callback's queue, ``queue``); the one that
+  completes the count queues the callback, which was built when the chord started and waits
+  in that hash. ``targets`` are the ``[id, queue]`` of the callback and what follows it (a
+  bare id, from an older sender, is on ``queue``), failed with the chord.
 
 Whatever follows a task is queued by the same MULTI that acknowledges it, and a chord is
 joined by a Lua script inside that MULTI (``lua/join.lua``): a task that runs twice (its worker
@@ -316,6 +318,7 @@ def _send(node: Node, app: OmniTask, args: tuple[Any, ...] = ()) -> AsyncResult[
     plan = Plan(app)
     node = _assign_ids(node)
     _check_first(node, args)
+    _check_one_slot(app, [queue for _, queue in _targets(node, app)])
     plan.start(node, args or None, [])
     plan.send()
     return _result_of(node, app)
@@ -351,11 +354,19 @@ def _check_first(node: Node, args: tuple[Any, ...]) -> None:
         _check_first(node.header, args)
 
 
+def queue_of(app: OmniTask, sig: Signature[Any]) -> str:
+    """The queue ``sig`` is sent to: its ``queue`` option, else its task's, else the default."""
+    task = app.tasks.get(sig.name)
+    queue: str | None = sig.options.get("queue")
+    return queue or (task.queue if task is not None else app.conf.default_queue)
+
+
 def _result_of(node: Node, app: OmniTask) -> AsyncResult[Any] | GroupResult:
     if isinstance(node, Signature):
         assert node.id is not None
         task = app.tasks.get(node.name)
-        return AsyncResult(node.id, app, ignored=bool(task and task.ignore_result))
+        ignored = bool(task and task.ignore_result)
+        return AsyncResult(node.id, app, queue=queue_of(app, node), ignored=ignored)
     if isinstance(node, Chain):
         return _result_of(node.nodes[-1], app)
     if isinstance(node, Group):
@@ -364,26 +375,26 @@ def _result_of(node: Node, app: OmniTask) -> AsyncResult[Any] | GroupResult:
     return _result_of(node.body, app)
 
 
-def _ids(node: Node) -> list[str]:
-    """Every task id in ``node``."""
+def _targets(node: Node, app: OmniTask) -> list[list[str]]:
+    """``[id, queue]`` of every task in ``node``."""
     if isinstance(node, Signature):
         assert node.id is not None
-        return [node.id]
+        return [[node.id, queue_of(app, node)]]
     if isinstance(node, Chain | Group):
-        return [i for n in node.nodes for i in _ids(n)]
+        return [t for n in node.nodes for t in _targets(n, app)]
     assert node.body is not None
-    return _ids(node.header) + _ids(node.body)
+    return _targets(node.header, app) + _targets(node.body, app)
 
 
-def _frame_ids(frames: Sequence[Any]) -> list[str]:
-    """Every task id that the continuation ``frames`` would still run."""
-    ids: list[str] = []
+def _frame_targets(frames: Sequence[Any], app: OmniTask) -> list[list[str]]:
+    """``[id, queue]`` of every task that the continuation ``frames`` would still run."""
+    targets: list[list[str]] = []
     for frame in frames:
         if frame[0] == "c":
-            ids += [i for wire in frame[1] for i in _ids(_from_wire(wire))]
+            targets += [t for wire in frame[1] for t in _targets(_from_wire(wire, app), app)]
         else:  # "j": the chord's callback and what follows it
-            ids += list(frame[4])
-    return ids
+            targets += [[t, frame[3]] if isinstance(t, str) else list(t) for t in frame[4]]
+    return targets
 
 
 class Plan:
@@ -398,6 +409,12 @@ class Plan:
         self.app = app
         self.calls: list[Call] = []
         self.setup: list[cmd.Command] = []
+        self.chord_queues: list[str] = []
+
+    @property
+    def queues(self) -> list[str]:
+        """The queues the plan sends to (for the app's set of queues, a step of its own)."""
+        return list(dict.fromkeys([*self.chord_queues, *(call.queue for call in self.calls)]))
 
     def commands(self) -> list[cmd.Command]:
         """Everything planned, as one list of commands (setups first)."""
@@ -408,13 +425,24 @@ class Plan:
         keys = self.app.keys
         maxlen = self.app.conf.events_maxlen if self.app.conf.events else 0
         for queue, items in by_queue.items():
-            out += cmd.enqueue(keys.queue(queue), items, keys.events, maxlen)
-            out.append(("SADD", keys.queues, queue))
+            qk = keys.queue(queue)
+            out += cmd.enqueue(qk, items, qk.events, maxlen)
         return out
 
     def send(self) -> None:
-        """Run the plan in one MULTI: every task of it is queued, or none."""
-        self.app.broker.send_commands(self.commands(), [call.task_id for call in self.calls])
+        """Run the plan in one MULTI: every task of it is queued, or none.
+
+        Raises:
+            ConfigurationError: On a Redis Cluster, the workflow spans several queues.
+        """
+        _check_one_slot(self.app, self.queues)
+        ids = [call.task_id for call in self.calls]
+        self.app.broker.send_commands(self.commands(), ids, self.queues)
+
+    def register(self) -> list[cmd.Command]:
+        """:meth:`commands`, once the queues they send to are in the app's set of queues."""
+        self.app.broker.register_queues(self.queues)
+        return self.commands()
 
     def start(self, node: Node, prev: tuple[Any, ...] | None, frames: list[Any]) -> None:
         """Start ``node`` with ``prev`` before its arguments and ``frames`` after it."""
@@ -466,15 +494,30 @@ class Plan:
         planned = Plan(self.app)
         built = planned._queue(callback, None, gather)
         ttl_ms = int(self.app.conf.result_ttl_s * 1000)
-        key = self.app.keys.chord(cid)
+        key = self.app.keys.queue(built.queue).chord(cid)
         self.setup += [
             ("HSET", key, "n", n, "cb", built.item[0], "q", built.queue),
             ("PEXPIRE", key, ttl_ms),
         ]
+        # The chord's hash lives under the callback's queue: one of the steps' queues too.
+        self.chord_queues.append(built.queue)
         assert callback.id is not None
-        doomed = [callback.id, *_frame_ids(after)]
+        doomed = [[callback.id, built.queue], *_frame_targets(after, self.app)]
         for index, member in enumerate(header.nodes):
             self.start(member, prev, [["j", cid, index, built.queue, doomed]])
+
+
+def _check_one_slot(app: OmniTask, queues: Sequence[str]) -> None:
+    """On a Redis Cluster, refuse a workflow over several queues before anything is sent.
+
+    Each step of a workflow is one MULTI with the step that starts it, and a MULTI on a
+    cluster touches one hash slot, so one queue; over several it could start and never finish.
+    """
+    if not app.broker.same_slot(queues):
+        raise ConfigurationError(
+            "on Redis Cluster a workflow (chain, group, chord, link) runs on one queue; this "
+            f"one sends to {', '.join(sorted(queues))}"
+        )
 
 
 def _to_wire(node: Node) -> list[Any]:
@@ -503,6 +546,26 @@ def _from_wire(wire: Sequence[Any], app: OmniTask | None = None) -> Node:
     header = _from_wire(wire[1], app)
     assert isinstance(header, Group)
     return Chord(header, _from_wire(wire[2], app))
+
+
+def check_links(
+    app: OmniTask,
+    queue: str,
+    link: Signature[Any] | Sequence[Signature[Any]] | None,
+    link_error: Signature[Any] | Sequence[Signature[Any]] | None,
+) -> None:
+    """On a Redis Cluster, refuse callbacks that run on another queue than their task's.
+
+    They are queued by the step that finishes the task, on its queue's hash slot.
+
+    Raises:
+        ConfigurationError: A callback's queue is not ``queue``, on a cluster.
+    """
+    if not app.broker.is_cluster:
+        return
+    sigs = [s for group in (link, link_error) if group is not None
+            for s in ([group] if isinstance(group, Signature) else group)]  # fmt: skip
+    _check_one_slot(app, [queue, *(queue_of(app, sig) for sig in sigs)])
 
 
 def links(
@@ -536,8 +599,10 @@ def decode(envelope: Envelope) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def on_success(app: OmniTask, envelope: Envelope, value: Any, record: bytes) -> list[cmd.Command]:
-    """Commands that continue a workflow after ``envelope``'s task returned ``value``.
+def on_success(
+    app: OmniTask, envelope: Envelope, queue: str, value: Any, record: bytes
+) -> list[cmd.Command]:
+    """Commands that continue a workflow after ``envelope``'s task on ``queue`` returned ``value``.
 
     ``record`` is the task's SUCCESS result record (what a chord's callback receives).
     They join the MULTI that acknowledges the task.
@@ -548,7 +613,7 @@ def on_success(app: OmniTask, envelope: Envelope, value: Any, record: bytes) -> 
         plan = Plan(app)
         for wire in canvas["l"]:
             plan.start(_from_wire(wire, app), (value,), [])
-        out += plan.commands()
+        out += plan.register()
     frames = canvas.get("f") or []
     if frames:
         top, rest = frames[0], frames[1:]
@@ -557,7 +622,7 @@ def on_success(app: OmniTask, envelope: Envelope, value: Any, record: bytes) -> 
             nodes = top[1]
             follow = ([["c", nodes[1:]]] if len(nodes) > 1 else []) + rest
             plan.start(_from_wire(nodes[0], app), (value,), follow)
-            out += plan.commands()
+            out += plan.register()
         else:
             _, cid, index, queue, _ = top
             ttl_ms = int(app.conf.result_ttl_s * 1000)
@@ -565,7 +630,7 @@ def on_success(app: OmniTask, envelope: Envelope, value: Any, record: bytes) -> 
     if "g" in canvas:
         # The callback ran: its chord goes soon, not at once, so that a second run of the
         # callback (its worker's lease lapsed) still finds the header's results.
-        out.append(("PEXPIRE", app.keys.chord(canvas["g"][0]), CHORD_AFTER_MS))
+        out.append(("PEXPIRE", app.keys.queue(queue).chord(canvas["g"][0]), CHORD_AFTER_MS))
     return out
 
 
@@ -582,17 +647,18 @@ def on_failure(app: OmniTask, envelope: Envelope, record: bytes, ttl_ms: int
     broker: list[cmd.Command] = []
     for frame in frames:
         if frame[0] == "j":  # with a TTL: the hash may have gone already, and comes back here
-            broker.append(("HSET", app.keys.chord(frame[1]), "failed", envelope.id))
-            broker.append(("PEXPIRE", app.keys.chord(frame[1]), ttl_ms))
+            chord = app.keys.queue(frame[3]).chord(frame[1])
+            broker.append(("HSET", chord, "failed", envelope.id))
+            broker.append(("PEXPIRE", chord, ttl_ms))
     if canvas.get("e"):
         plan = Plan(app)
         for wire in canvas["e"]:
             plan.start(_from_wire(wire, app), (envelope.id,), [])
-        broker += plan.commands()
+        broker += plan.register()
     results: list[cmd.Command] = []
-    keys = app.keys
-    for task_id in _frame_ids(frames):
-        results += cmd.store_result(keys.result(task_id), keys.state(task_id), record, ttl_ms)
+    for task_id, queue in _frame_targets(frames, app):
+        qk = app.keys.queue(queue)
+        results += cmd.store_result(qk.result(task_id), qk.state(task_id), record, ttl_ms)
     return broker, results
 
 
@@ -600,14 +666,16 @@ def _join(
     app: OmniTask, cid: str, index: int, queue: str, record: bytes, ttl_ms: int
 ) -> cmd.Command:
     qk = app.keys.queue(queue)
-    keys = [app.keys.chord(cid), *qk.ready, qk.wake]
+    keys = [qk.chord(cid), *qk.ready, qk.wake]
     # EVAL, not EVALSHA: inside a MULTI a missing script (Redis restarted since the worker
     # loaded it) would fail this command alone while the ack applied, losing the join.
     return ("EVAL", JOIN.source, len(keys), *keys, index, record, ttl_ms)
 
 
-def gather_plan(app: OmniTask, envelope: Envelope) -> tuple[str, list[str], bool] | None:
-    """Where a chord's callback finds its header's results; None for other tasks.
+def gather_plan(
+    app: OmniTask, envelope: Envelope, queue: str
+) -> tuple[str, list[str], bool] | None:
+    """Where a chord's callback, run from ``queue``, finds its header's results; None for others.
 
     Returns the chord's hash, the fields of the header's result records in order, and whether
     the callback is immutable (runs without them).
@@ -616,4 +684,4 @@ def gather_plan(app: OmniTask, envelope: Envelope) -> tuple[str, list[str], bool
     if "g" not in canvas:
         return None
     cid, n, immutable = canvas["g"]
-    return app.keys.chord(cid), [f"r:{i}" for i in range(n)], bool(immutable)
+    return app.keys.queue(queue).chord(cid), [f"r:{i}" for i in range(n)], bool(immutable)

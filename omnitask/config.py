@@ -15,7 +15,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
-from omnitask.broker.connect import is_sentinel_url, parse_sentinel_url
+from omnitask.broker.connect import (
+    is_cluster_url,
+    is_sentinel_url,
+    parse_cluster_url,
+    parse_sentinel_url,
+)
 from omnitask.broker.keys import check_name
 from omnitask.errors import ConfigurationError
 from omnitask.serialization import SERIALIZER_NAMES
@@ -77,7 +82,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
 
     Attributes:
         broker_url: Redis URL of the broker (``redis://``, ``rediss://`` or ``unix://``), or
-            of its sentinels (``redis+sentinel://s1:26379,s2:26379/<master name>``).
+            of its sentinels (``redis+sentinel://s1:26379,s2:26379/<master name>``), or nodes
+            of a Redis Cluster (``redis+cluster://h1:7000,h2:7001/``).
         result_backend: Redis URL for results; None stores them in the broker's Redis.
         key_prefix: First part of every Redis key; apps with different names never collide.
         default_queue: Queue of tasks that name none.
@@ -204,17 +210,24 @@ _FIELDS = frozenset(Config.__struct_fields__)
 
 
 def _check_url(name: str, url: str) -> None:
-    if is_sentinel_url(url):
+    parse = (
+        parse_sentinel_url
+        if is_sentinel_url(url)
+        else parse_cluster_url
+        if is_cluster_url(url)
+        else None
+    )
+    if parse is not None:
         try:
-            parse_sentinel_url(url)
+            parse(url)
         except ValueError as exc:
             raise ValueError(f"{name} {mask_url(url)!r}: {exc}") from None
         return
     scheme = urlsplit(url).scheme
     if scheme not in ("redis", "rediss", "unix"):
         raise ValueError(
-            f"{name} {mask_url(url)!r} is not a redis://, rediss://, unix:// or "
-            "redis+sentinel:// URL"
+            f"{name} {mask_url(url)!r} is not a redis://, rediss://, unix://, "
+            "redis+sentinel:// or redis+cluster:// URL"
         )
 
 

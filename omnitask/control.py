@@ -11,9 +11,9 @@ Worker commands (shutdown, pool-grow, pool-shrink) travel through Redis, never a
    ``CONTROL_REPLY_TTL_S``), where the sender waits for it with BLPOP until every target has
    answered or its timeout passed.
 
-Queue commands need no worker. Pausing adds the queue to the ``keys.paused`` set, which
+Queue commands need no worker. Pausing sets the queue's ``paused`` flag, which
 ``lua/claim.lua`` checks in the same step as every claim, so no worker takes a task from it
-once the pause returns; sends still land. Resuming removes it and wakes idle workers. Purging
+once the pause returns; sends still land. Resuming deletes it and wakes idle workers. Purging
 deletes a queue's ready and delayed tasks (never those in flight) in one MULTI.
 
 The supervisor also keeps a status hash (:class:`WorkerStatus`, ``keys.worker_status``)
@@ -44,6 +44,8 @@ __all__ = (
     "Reply",
     "WorkerCommand",
     "WorkerStatus",
+    "known_queues",
+    "paused_queues",
     "read_workers",
 )
 
@@ -420,10 +422,10 @@ class Control:
         Returns:
             False when it was paused already.
         """
-        keys = self._app.keys
-        name = keys.queue(queue).name
-        replies = self._app.broker.run([("SADD", keys.paused, name), ("SADD", keys.queues, name)])
-        return bool(replies[0])
+        qk = self._app.keys.queue(queue)
+        self._app.broker.register_queues([qk.name])
+        replies = self._app.broker.run([("SET", qk.paused, "1", "NX")])
+        return replies[0] is not None
 
     def resume_queue(self, queue: str) -> bool:
         """Let workers take tasks from ``queue`` again, and wake the idle ones at once.
@@ -431,11 +433,10 @@ class Control:
         Returns:
             False when it was not paused.
         """
-        keys = self._app.keys
-        qk = keys.queue(queue)
+        qk = self._app.keys.queue(queue)
         replies = self._app.broker.run(
             [
-                ("SREM", keys.paused, qk.name),
+                ("DEL", qk.paused),
                 ("LPUSH", qk.wake, *("1",) * WAKE_TOKENS_MAX),
                 ("LTRIM", qk.wake, 0, WAKE_TOKENS_MAX - 1),
             ]
@@ -444,8 +445,7 @@ class Control:
 
     def paused(self) -> list[str]:
         """The names of the paused queues, sorted."""
-        members: Any = self._app.broker.redis.smembers(self._app.keys.paused)
-        return sorted(m.decode() for m in members)
+        return paused_queues(self._app)
 
     def purge(self, queue: str) -> Purged:
         """Delete ``queue``'s ready and delayed tasks in one atomic step; not those in flight.
@@ -458,10 +458,53 @@ class Control:
         replies = self._app.broker.run([*counts, ("UNLINK", *qk.ready, qk.delayed)])
         return Purged(qk.name, sum(int(n) for n in replies[:-2]), int(replies[-2]))
 
-    def revoke(self, task_ids: Sequence[str], *, terminate: bool = False) -> list[bool]:
-        """Revoke tasks, as ``AsyncResult(id).revoke(terminate=...)`` does for each.
+    def revoke(
+        self, task_ids: Sequence[str], *, terminate: bool = False, queue: str | None = None
+    ) -> list[bool]:
+        """Revoke tasks, as ``AsyncResult(id, queue=queue).revoke(terminate=...)`` does.
+
+        Without ``queue``, a task's queue is not known: each id is revoked on every queue of
+        the app that holds no final result for it (one script per queue, since each queue's
+        revocations live under its own hash tag).
 
         Returns:
             For each task, False when it had already finished.
         """
-        return [self._app.AsyncResult(tid).revoke(terminate=terminate) for tid in task_ids]
+        if queue is not None:
+            return [
+                self._app.AsyncResult(tid, queue=queue).revoke(terminate=terminate)
+                for tid in task_ids
+            ]
+        queues = known_queues(self._app) or [self._app.conf.default_queue]
+        out = []
+        for tid in task_ids:
+            pipe = self._app.broker.results.pipeline(transaction=False)
+            for name in queues:
+                pipe.exists(self._app.keys.queue(name).result(tid))
+            if any(pipe.execute()):
+                out.append(False)  # it finished on one of them (maybe revoked already)
+                continue
+            results = [
+                self._app.AsyncResult(tid, queue=name).revoke(terminate=terminate)
+                for name in queues
+            ]
+            out.append(all(results))
+        return out
+
+
+def known_queues(app: OmniTask) -> list[str]:
+    """The app's queues (those sent to, consumed or paused), sorted."""
+    members: Any = app.broker.redis.smembers(app.keys.queues)
+    return sorted(m.decode() for m in members)
+
+
+def paused_queues(app: OmniTask, queues: Sequence[str] | None = None) -> list[str]:
+    """Those of ``queues`` (default: all the app's) that are paused, sorted.
+
+    One read per queue, pipelined: each queue's flag has its own hash tag.
+    """
+    names = known_queues(app) if queues is None else sorted(queues)
+    pipe = app.broker.redis.pipeline(transaction=False)
+    for name in names:
+        pipe.exists(app.keys.queue(name).paused)
+    return [name for name, flag in zip(names, pipe.execute(), strict=True) if flag]

@@ -1,13 +1,16 @@
-"""Lifecycle events: what they say, and reading them from the app's capped Redis stream.
+"""Lifecycle events: what they say, and reading them from the app's capped Redis streams.
 
 Every state change publishes its event in the same atomic step as the change itself, so the
-stream and the state never disagree. The stream keeps about ``events_maxlen`` entries; an
-event's time is its stream entry id (milliseconds), so it costs no field of its own.
+stream and the state never disagree. A task's events go to its queue's stream, the workers'
+to the app's; readers merge them by entry id. Each stream keeps about ``events_maxlen``
+entries; an event's time is its stream entry id (milliseconds), so it costs no field of its
+own.
 """
 
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,7 +21,7 @@ from omnitask.messages import ms_to_datetime
 if TYPE_CHECKING:
     from omnitask.app import OmniTask
 
-__all__ = ("Event", "EventKind", "EventStream")
+__all__ = ("Event", "EventKind", "EventStream", "event_keys", "read_after", "stream_order")
 
 
 class EventKind(str, enum.Enum):
@@ -104,53 +107,129 @@ class Event:
         return out
 
 
+def stream_order(stream_id: str | bytes) -> tuple[int, int]:
+    """A stream id as ``(ms, seq)``: the order in which events of several streams merge."""
+    text = stream_id.decode() if isinstance(stream_id, bytes) else stream_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def event_keys(app: OmniTask) -> list[str]:
+    """The streams that hold the app's events: its own, then each known queue's, sorted.
+
+    A task's events go to its queue's stream (each queue's keys share one hash slot); the
+    app's stream has the workers' events. Readers merge them by entry id.
+    """
+    members: Any = app.broker.redis.smembers(app.keys.queues)
+    names = sorted(m.decode() for m in members)
+    return [app.keys.events, *(app.keys.queue(name).events for name in names)]
+
+
+def read_after(
+    redis: Any, last: dict[str, str], count: int
+) -> list[tuple[str, bytes, dict[bytes, bytes]]]:
+    """Up to ``count`` entries of each stream in ``last`` newer than its id there, merged.
+
+    Returns ``(stream, entry id, fields)`` in id order, and moves each stream's id in
+    ``last`` on. One XRANGE per stream, pipelined (a cluster refuses a read over several
+    slots in one command).
+    """
+    keys = list(last)
+    pipe = redis.pipeline(transaction=False)
+    for key in keys:
+        pipe.xrange(key, min="(" + last[key], count=count)
+    out: list[tuple[str, bytes, dict[bytes, bytes]]] = []
+    for key, page in zip(keys, pipe.execute(), strict=True):
+        if page:
+            last[key] = page[-1][0].decode()
+        out += ((key, entry_id, raw) for entry_id, raw in page)
+    out.sort(key=lambda e: stream_order(e[1]))
+    return out
+
+
 class EventStream:
-    """Reads an app's lifecycle events (``app.events``)."""
+    """Reads an app's lifecycle events (``app.events``), merged from its streams."""
 
     def __init__(self, app: OmniTask) -> None:
         """Read the events of ``app``."""
         self._app = app
 
     def replay(self, count: int | None = None) -> list[Event]:
-        """The events still kept in the stream, oldest first (the last ``count`` if given)."""
+        """The events still kept in the streams, oldest first (the last ``count`` if given)."""
         redis = self._app.broker.redis
-        key = self._app.keys.events
-        entries: list[tuple[bytes, dict[bytes, bytes]]]
-        if count is None:
-            entries = redis.xrange(key)  # type: ignore[assignment]
-        else:
-            entries = list(reversed(redis.xrevrange(key, count=count)))  # type: ignore[arg-type]
+        pipe = redis.pipeline(transaction=False)
+        for key in event_keys(self._app):
+            if count is None:
+                pipe.xrange(key)
+            else:
+                pipe.xrevrange(key, count=count)
+        entries = [entry for page in pipe.execute() for entry in page]
+        entries.sort(key=lambda e: stream_order(e[0]))
+        if count is not None:
+            entries = entries[-count:] if count else []
         return [Event.from_entry(eid, fields) for eid, fields in entries]
 
     def follow(
         self, *, replay: bool = False, timeout_s: float | None = None, after: str | None = None
     ) -> Iterator[Event]:
-        """Yield events as they are published, blocking in Redis between them.
+        """Yield events as they are published, waiting in Redis between them.
 
         "From now" means from this call, not from the first ``next()``: events published
-        between the two are not missed.
+        between the two are not missed. Queues first used meanwhile are followed too.
 
         Args:
-            replay: Start with the events still kept in the stream instead of from now.
+            replay: Start with the events still kept in the streams instead of from now.
             timeout_s: Stop after this many seconds without a new event (None: never stop).
             after: Resume after this stream id (an :attr:`Event.stream_id`).
         """
         if after is None:
-            after = "0-0" if replay else self._last_id()
-        block_ms = 0 if timeout_s is None else max(1, int(timeout_s * 1000))
-        return self._follow(after, block_ms)
+            last = dict.fromkeys(event_keys(self._app), "0-0") if replay else self._newest()
+        else:
+            last = dict.fromkeys(event_keys(self._app), after)
+        return self._follow(last, timeout_s)
 
-    def _last_id(self) -> str:
-        newest: Any = self._app.broker.redis.xrevrange(self._app.keys.events, count=1)
-        return newest[0][0].decode() if newest else "0-0"
+    def _newest(self) -> dict[str, str]:
+        keys = event_keys(self._app)
+        pipe = self._app.broker.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.xrevrange(key, count=1)
+        return {
+            key: newest[0][0].decode() if newest else "0-0"
+            for key, newest in zip(keys, pipe.execute(), strict=True)
+        }
 
-    def _follow(self, last: str, block_ms: int) -> Iterator[Event]:
+    def _follow(self, last: dict[str, str], timeout_s: float | None) -> Iterator[Event]:
         redis = self._app.broker.redis
-        key = self._app.keys.events
+        quiet_since = time.monotonic()
         while True:
-            reply: Any = redis.xread({key: last}, count=500, block=block_ms)
-            if not reply:
+            for key in event_keys(self._app):
+                last.setdefault(key, "0-0")  # a queue first used since: all of it is new
+            if self._app.broker.same_slot(list(last)):
+                # One server: one XREAD blocks on every stream at once.
+                left = None if timeout_s is None else timeout_s - (time.monotonic() - quiet_since)
+                block = FOLLOW_SLICE_MS if left is None else max(1, int(min(left, 1.0) * 1000))
+                streams: Any = dict(last)
+                reply: Any = redis.xread(streams, count=500, block=block)
+                entries = sorted(
+                    ((k.decode(), eid, raw) for k, page in reply or () for eid, raw in page),
+                    key=lambda e: stream_order(e[1]),
+                )
+                for key, eid, _ in entries:
+                    last[key] = eid.decode()
+            else:
+                entries = read_after(redis, last, 500)
+                if not entries:
+                    time.sleep(POLL_S)
+            for _, eid, raw in entries:
+                yield Event.from_entry(eid, raw)
+            if entries:
+                quiet_since = time.monotonic()
+            elif timeout_s is not None and time.monotonic() - quiet_since >= timeout_s:
                 return
-            for entry_id, fields in reply[0][1]:
-                last = entry_id.decode()
-                yield Event.from_entry(entry_id, fields)
+
+
+FOLLOW_SLICE_MS = 1000
+"""Longest single wait of a follower in Redis: it then looks for queues first used since."""
+
+POLL_S = 0.1
+"""How often a follower on a Redis Cluster reads its streams while they are quiet."""

@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from omnitask.broker.keys import PRIORITY_LEVELS
-from omnitask.control import WorkerStatus, read_workers
+from omnitask.control import WorkerStatus, known_queues, read_workers
 from omnitask.errors import MessageError
+from omnitask.events import event_keys
 from omnitask.messages import Envelope, decode_envelope
 
 if TYPE_CHECKING:
@@ -196,8 +197,7 @@ class Inspector:
 
     def queue_names(self) -> builtins.list[str]:
         """The app's queues (those sent to, consumed or paused), sorted."""
-        members: Any = self._redis.sunion(self._app.keys.queues, self._app.keys.paused)
-        return sorted(m.decode() for m in members)
+        return known_queues(self._app)
 
     def _server_ms(self) -> int:
         seconds, micros = self._redis.time()
@@ -222,21 +222,24 @@ class Inspector:
         since_ms: int | None = None
         read = 0
         by_worker: dict[str, dict[str, int]] = {}
-        lowest = "-"
-        while True:
-            page: Any = self._redis.xrange(self._app.keys.events, min=lowest, count=_EVENT_PAGE)
-            for entry_id, raw in page:
-                if since_ms is None:
-                    since_ms = int(entry_id.split(b"-")[0])
-                outcome = _OUTCOMES.get(raw.get(b"e", b""))
-                if outcome is not None:
-                    worker = _worker_of(raw.get(b"w", b"").decode(errors="replace"))
-                    tally = by_worker.setdefault(worker, dict.fromkeys(_OUTCOMES.values(), 0))
-                    tally[outcome] += 1
-            read += len(page)
-            if len(page) < _EVENT_PAGE:
-                return EventCounts(since_ms, read, by_worker)
-            lowest = "(" + page[-1][0].decode()
+        for key in event_keys(self._app):
+            lowest = "-"
+            while True:
+                page: Any = self._redis.xrange(key, min=lowest, count=_EVENT_PAGE)
+                if page:
+                    first = int(page[0][0].split(b"-")[0])
+                    since_ms = first if since_ms is None else min(since_ms, first)
+                for _, raw in page:
+                    outcome = _OUTCOMES.get(raw.get(b"e", b""))
+                    if outcome is not None:
+                        worker = _worker_of(raw.get(b"w", b"").decode(errors="replace"))
+                        tally = by_worker.setdefault(worker, dict.fromkeys(_OUTCOMES.values(), 0))
+                        tally[outcome] += 1
+                read += len(page)
+                if len(page) < _EVENT_PAGE:
+                    break
+                lowest = "(" + page[-1][0].decode()
+        return EventCounts(since_ms, read, by_worker)
 
     # -- claimed tasks ------------------------------------------------------------------------
 
@@ -295,8 +298,12 @@ class Inspector:
             return tasks
         starts = self._seen_running()
         wanted = {(t.task_id, t.consumer) for t in tasks}
-        # Claim times: the newest events only, one read, since a busy stream turns over fast.
-        entries: Any = self._redis.xrevrange(self._app.keys.events, count=_STARTED_SCAN)
+        # Claim times: the newest events only, one read per queue of the tasks, since a busy
+        # stream turns over fast.
+        pipe = self._redis.pipeline(transaction=False)
+        for queue in {t.queue for t in tasks}:
+            pipe.xrevrange(self._app.keys.queue(queue).events, count=_STARTED_SCAN)
+        entries: Any = [entry for page in pipe.execute() for entry in page]
         for entry_id, raw in entries:
             if raw.get(b"e") != b"task-started":
                 continue
@@ -375,10 +382,12 @@ class Inspector:
             pipe.zcard(qk.delayed)
             pipe.xlen(qk.dead)
             pipe.zrange(qk.consumers, 0, -1, withscores=True)
-        pipe.smembers(self._app.keys.paused)
+            pipe.exists(qk.paused)
         replies = pipe.execute()
-        paused = {m.decode() for m in replies.pop()}
-        per = 2 * PRIORITY_LEVELS + 3
+        per = 2 * PRIORITY_LEVELS + 4
+        paused = {name for i, name in enumerate(names) if replies[i * per + per - 1]}
+        replies = [r for i, r in enumerate(replies) if i % per != per - 1]
+        per -= 1
         rows = [replies[i * per : (i + 1) * per] for i in range(len(names))]
         # Every consumer's list counts, expired leases too: those tasks are not lost, only
         # waiting for a live worker to hand them back.

@@ -55,14 +55,25 @@ READY_STATES = frozenset({TaskState.SUCCESS, TaskState.FAILURE, TaskState.REVOKE
 class AsyncResult(Generic[R]):
     """A handle on a task's outcome, by task id. Cheap to create: it reads Redis only when asked.
 
+    A result lives beside its task, under its queue's keys (so that the step that finishes the
+    task stores it): the handle a send returns knows the queue; one made from an id alone
+    looks in the app's default queue unless told another.
+
     Attributes:
         id: The task id.
+        queue: The queue the task was sent to.
     """
 
-    def __init__(self, task_id: str, app: OmniTask, *, ignored: bool = False) -> None:
-        """Refer to task ``task_id`` of ``app``; ``ignored`` marks tasks that store no result."""
+    def __init__(
+        self, task_id: str, app: OmniTask, *, queue: str | None = None, ignored: bool = False
+    ) -> None:
+        """Refer to task ``task_id`` of ``app`` sent to ``queue`` (default: the default queue).
+
+        ``ignored`` marks tasks that store no result.
+        """
         self.id = task_id
         self.app = app
+        self.queue = queue or app.conf.default_queue
         self._ignored = ignored
         self._final: ResultRecord | None = None
 
@@ -78,7 +89,7 @@ class AsyncResult(Generic[R]):
     def _record(self) -> ResultRecord | None:
         if self._final is not None:
             return self._final
-        final, state = self.app.broker.read_state(self.id)
+        final, state = self.app.broker.read_state(self.id, self.queue)
         if final is not None:
             self._final = decode_result(final)
             return self._final
@@ -166,7 +177,7 @@ class AsyncResult(Generic[R]):
         """
         self._check_stored()
         if self._final is None:
-            self._arrived(self.app.broker.wait_result(self.id, timeout), timeout)
+            self._arrived(self.app.broker.wait_result(self.id, self.queue, timeout), timeout)
         return self._outcome(propagate)
 
     @overload
@@ -189,7 +200,9 @@ class AsyncResult(Generic[R]):
         """
         self._check_stored()
         if self._final is None:
-            self._arrived(await awaiting.wait_result(self.app, self.id, timeout), timeout)
+            self._arrived(
+                await awaiting.wait_result(self.app, self.id, self.queue, timeout), timeout
+            )
         return self._outcome(propagate)
 
     def __await__(self) -> Generator[Any, None, R]:
@@ -230,6 +243,7 @@ class AsyncResult(Generic[R]):
         self._final = None
         return self.app.broker.revoke(
             self.id,
+            self.queue,
             terminate=terminate,
             record=encode_result_record(signer.sign(record) if signer else record),
             result_ttl_ms=ttl_ms,
@@ -239,7 +253,7 @@ class AsyncResult(Generic[R]):
     def forget(self) -> None:
         """Delete the stored result; the state reads PENDING afterwards."""
         self._final = None
-        self.app.broker.forget(self.id)
+        self.app.broker.forget(self.id, self.queue)
 
 
 def _value(record: ResultRecord, app: OmniTask) -> Any:

@@ -174,6 +174,7 @@ class Task(Generic[P, R]):
             raise ConfigurationError(f"{state} is a final state: a task reaches it by returning")
         request = CURRENT_REQUEST.get() if task_id is None else None
         tid = task_id or self.request.id
+        queue = request.queue if request is not None else self.queue
         codec = get_serializer(self.serializer)
         record = ResultRecord(
             state,
@@ -191,7 +192,7 @@ class Task(Generic[P, R]):
             record_progress(tid, data)
             return
         fields = ("i", tid, "n", self.name, "state", state)
-        self.app.broker.progress(tid, data, int(self.result_ttl_s * 1000), fields)
+        self.app.broker.progress(tid, queue, data, int(self.result_ttl_s * 1000), fields)
 
     def progress(self, current: float, total: float | None = None) -> None:
         """Report progress of the run in progress: ``self.progress(3, 10)``.
@@ -371,7 +372,10 @@ class Task(Generic[P, R]):
             by_queue.setdefault(call.queue, []).append(call.item)
         for queue, items in by_queue.items():
             self.app.broker.enqueue(queue, items)
-        return [AsyncResult(c.task_id, self.app, ignored=self.ignore_result) for c in built]
+        return [
+            AsyncResult(c.task_id, self.app, queue=c.queue, ignored=self.ignore_result)
+            for c in built
+        ]
 
 
 class AsyncTask(Task[P, R]):

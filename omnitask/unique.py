@@ -111,4 +111,4 @@ def send_unique(
         # that one was promoted meanwhile, under a fresh id: a new cycle).
         fresh = task_id or new_task_id()
         call = Call.build(app, task, args, kwargs, {**options, "task_id": fresh}, canvas)
-    return AsyncResult(task_id, app, ignored=task.ignore_result)
+    return AsyncResult(task_id, app, queue=call.queue, ignored=task.ignore_result)

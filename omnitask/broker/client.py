@@ -8,11 +8,18 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 import redis
-from redis.exceptions import NoScriptError
+from redis.cluster import RedisCluster
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    NoScriptError,
+    TryAgainError,
+)
 from redis.sentinel import MasterNotFoundError
 
 from omnitask.broker import commands as cmd
-from omnitask.broker.connect import sync_client
+from omnitask.broker.connect import cluster_client, is_cluster_url, sync_client
 from omnitask.broker.keys import WAKE_TOKENS_MAX, Keyspace, QueueKeys
 from omnitask.broker.scripts import (
     ADMIT,
@@ -32,7 +39,7 @@ from omnitask.config import Config, mask_url
 from omnitask.errors import BrokerConnectionError, BrokerUnavailable
 from omnitask.messages import now_ms
 
-__all__ = ("Ack", "Broker", "Claim", "Claimed")
+__all__ = ("Ack", "Broker", "Claim", "Claimed", "Client", "Server")
 
 T = TypeVar("T")
 
@@ -43,6 +50,20 @@ except ImportError:  # pragma: no cover - hiredis is a dependency, but optional 
     _pack = None
 
 logger = logging.getLogger(__name__)
+
+Server = redis.Redis
+"""A client of one Redis server: a plain one, the master Sentinel names, or a cluster's master."""
+Client = redis.Redis | RedisCluster
+"""A client of one Redis server or of a Redis Cluster."""
+
+SLOTS_REFUSED = (MovedError, AskError, ClusterDownError, TryAgainError)
+"""A cluster's refusals of a command it did not run: the slot moved, or has no master yet."""
+
+SLOTS_REFRESH_S = 0.5
+"""Shortest time between two reads of a cluster's slot map after errors."""
+
+WAKE_SLICE_S = 0.05
+"""Longest wait on one queue's wake list when a cluster worker waits on queues in turn."""
 
 PROMOTE_MAX = 1000
 """Delayed envelopes promoted per claim at most (Lua's unpack() has a stack limit near 8000)."""
@@ -144,6 +165,13 @@ def _failed_to_connect(exc: Exception) -> bool:
     )
 
 
+def _first_key(commands: Sequence[cmd.Command]) -> str:
+    """The key of a step's first command: where it runs on a cluster (EVAL's keys follow 2)."""
+    first = commands[0]
+    key = first[3] if first[0] in ("EVAL", "EVALSHA") else first[1]
+    return key.decode() if isinstance(key, bytes) else str(key)
+
+
 def _parse_claim(reply: Sequence[Any]) -> Claim:
     due = int(reply[1])
     tasks = [
@@ -171,24 +199,90 @@ class Broker:
         self.config = config
         self.keys = keys
         self.socket_timeout_s = socket_timeout_s
-        self.redis = self._client(config.broker_url)
         self.shared_results = config.result_url == config.broker_url
-        self.results = self.redis if self.shared_results else self._client(config.result_url)
+        self._redis: Client | None = None
+        self._results: Client | None = None
         self._known_queues: set[str] = set()
+        self._slots_read = 0.0
+        self._on_cluster = is_cluster_url(config.broker_url)
 
-    def _client(self, url: str) -> redis.Redis:
+    @property
+    def redis(self) -> Client:
+        """The broker's client (made on first use: a cluster client connects when made)."""
+        if self._redis is None:
+            self._redis = self._client(self.config.broker_url)
+        return self._redis
+
+    @property
+    def results(self) -> Client:
+        """The client of the Redis where results live: the broker's, or the result backend's."""
+        if self.shared_results:
+            return self.redis
+        if self._results is None:
+            self._results = self._client(self.config.result_url)
+        return self._results
+
+    @property
+    def is_cluster(self) -> bool:
+        """Whether the broker is a Redis Cluster (each queue's keys on the master of its slot)."""
+        return self._on_cluster
+
+    def _client(self, url: str) -> Client:
         # Never re-sends a command by itself: see sync_client.
-        return sync_client(
+        make = cluster_client if is_cluster_url(url) else sync_client
+        return make(
             url,
             connect_timeout_s=self.config.connect_timeout_s,
             socket_timeout_s=self.socket_timeout_s,
         )
 
+    def node(self, key: str, client: Client | None = None) -> Server:
+        """The client of the server that holds ``key``: on a Redis Cluster, its slot's master.
+
+        Scripts and MULTI blocks go there directly: each touches the keys of one hash tag, so
+        one slot, and redis-py's cluster pipeline has no MULTI of its own to offer.
+        """
+        if client is None:
+            if not self._on_cluster and self._redis is not None:
+                return self._redis  # type: ignore[return-value]  # not a cluster: one server
+            client = self.redis
+        target = client
+        if isinstance(target, RedisCluster):
+            node = target.get_node_from_key(key)  # type: ignore[no-untyped-call, unused-ignore]
+            return target.get_redis_connection(node)
+        return target
+
+    def refresh_slots(self) -> None:
+        """Read a cluster's map of slots to masters again (at most every ``SLOTS_REFRESH_S``).
+
+        Called after an error of a script or MULTI sent to a master directly: the master may
+        have died and a replica taken its slots over, or the slot moved. redis-py's own
+        commands do this by themselves; those sent past it must ask.
+        """
+        client = self._redis
+        now = time.monotonic()
+        if not isinstance(client, RedisCluster) or now - self._slots_read < SLOTS_REFRESH_S:
+            return
+        self._slots_read = now
+        try:
+            client.nodes_manager.initialize()
+        except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
+            logger.warning("could not read the cluster's slots error=%s", exc)
+
+    def same_slot(self, queues: Sequence[str]) -> bool:
+        """Whether one step may touch the keys of all of ``queues`` (always, off a cluster)."""
+        return not self.is_cluster or len(set(queues)) <= 1
+
     def close(self) -> None:
         """Close every connection (they reopen on next use)."""
-        self.redis.close()
-        if not self.shared_results:
-            self.results.close()
+        if self._redis is not None:
+            self._redis.close()
+            if isinstance(self._redis, RedisCluster):
+                self._redis = None  # a closed cluster client keeps no slot map: make a new one
+        if self._results is not None:
+            self._results.close()
+            if isinstance(self._results, RedisCluster):
+                self._results = None
 
     def ping(self) -> None:
         """Round trip to the broker (and result backend), raising if either is unreachable."""
@@ -203,25 +297,40 @@ class Broker:
         script: Script,
         keys: Sequence[str],
         args: Sequence[Any],
-        client: redis.Redis | None = None,
+        client: Client | None = None,
     ) -> Any:
-        target = client or self.redis
+        target = self.node(keys[0], client)
         command = ("EVALSHA", script.sha, len(keys), *keys, *args)
         try:
-            return _run_one(target, command)
-        except NoScriptError:
-            # First use on this server, or it restarted and forgot its script cache.
-            target.script_load(script.source)
-            return _run_one(target, command)
+            try:
+                return _run_one(target, command)
+            except NoScriptError:
+                # First use on this server (a promoted replica has none), or it restarted and
+                # forgot its script cache.
+                target.script_load(script.source)
+                return _run_one(target, command)
+        except (*SLOTS_REFUSED, redis.ConnectionError, redis.TimeoutError):
+            self.refresh_slots()
+            raise
 
     def load_scripts(self) -> None:
-        """Load every script into the broker's script cache."""
-        for script in SCRIPTS:
-            self.redis.script_load(script.source)
+        """Load every script into the broker's script cache (each master's, on a cluster)."""
+        client = self.redis
+        servers = (
+            [client.get_redis_connection(n) for n in client.get_primaries()]  # type: ignore[no-untyped-call, unused-ignore]
+            if isinstance(client, RedisCluster)
+            else [client]
+        )
+        for server in servers:
+            for script in SCRIPTS:
+                server.script_load(script.source)
 
     def run(self, commands: Sequence[cmd.Command]) -> list[Any]:
-        """Run ``commands`` on the broker in one MULTI (one atomic step)."""
-        return self._multi(self.redis, commands)
+        """Run ``commands`` on the broker in one MULTI (one atomic step).
+
+        On a cluster they go to the master of their first key, and must all share its slot.
+        """
+        return self._multi(self.node(_first_key(commands)), commands)
 
     def run_with_results(
         self, commands: Sequence[cmd.Command], results: Sequence[cmd.Command] = ()
@@ -233,7 +342,7 @@ class Broker:
         self._write(list(results), list(commands), essential=0)
 
     def _multi(
-        self, client: redis.Redis, commands: Sequence[cmd.Command], essential: int | None = None
+        self, client: Server, commands: Sequence[cmd.Command], essential: int | None = None
     ) -> list[Any]:
         """Run ``commands`` in one MULTI and return their replies.
 
@@ -242,7 +351,11 @@ class Broker:
         raise. When only a later one failed (an event not published), the step happened:
         log it rather than raise, since running the step again would repeat what applied.
         """
-        replies = _run_multi(client, commands)
+        try:
+            replies = _run_multi(client, commands)
+        except (*SLOTS_REFUSED, redis.ConnectionError, redis.TimeoutError):
+            self.refresh_slots()
+            raise
         limit = len(replies) if essential is None else essential
         for i, reply in enumerate(replies):
             if isinstance(reply, Exception):
@@ -256,10 +369,11 @@ class Broker:
     ) -> list[Any]:
         """Run ``commands`` and ``result`` in one MULTI, or result first on a separate backend."""
         if self.shared_results:
-            return self._multi(self.redis, commands + result, essential)
+            both = commands + result
+            return self._multi(self.node(_first_key(both)), both, essential) if both else []
         if result:
-            self._multi(self.results, result)
-        return self._multi(self.redis, commands, essential)
+            self._multi(self.node(_first_key(result), self.results), result)
+        return self._multi(self.node(_first_key(commands)), commands, essential) if commands else []
 
     # -- transitions ------------------------------------------------------------------------
 
@@ -274,10 +388,12 @@ class Broker:
             BrokerUnavailable: Redis could not be reached (see ``enqueue_timeout_s``).
         """
         qk = self.keys.queue(queue)
-        keys: list[str] = [qk.delayed, qk.wake, self.keys.events, self.keys.queues]
+        ids = [e[3] for e in envelopes]
+        if queue not in self._known_queues:
+            self.register_queues([queue], ids)
+        keys: list[str] = [qk.delayed, qk.wake, qk.events]
         slots: dict[int, int] = {}  # priority -> index of its ready list in KEYS (from 1)
         args: list[Any] = [queue, self._events_maxlen, WAKE_TOKENS_MAX]
-        args.append(int(queue not in self._known_queues))
         for body, priority, due_ms, task_id, name in envelopes:
             if due_ms is None:
                 slot = slots.get(priority)
@@ -287,27 +403,35 @@ class Broker:
                 args += (body, slot, "", task_id, name)
             else:
                 args += (body, "", due_ms, task_id, name)
-        command: cmd.Command = ("EVALSHA", ENQUEUE.sha, len(keys), *keys, *args)
-        self._send(lambda: self._enqueue(command), [e[3] for e in envelopes])
-        self._known_queues.add(queue)
+        self._send(lambda: self._enqueue(keys, args), ids)
 
-    def _enqueue(self, command: cmd.Command) -> None:
-        try:
-            errors = _run_one(self.redis, command)
-        except NoScriptError:
-            # First use on this server, or it restarted and forgot its scripts: nothing ran.
-            self.redis.script_load(ENQUEUE.source)
-            errors = _run_one(self.redis, command)
+    def _enqueue(self, keys: Sequence[str], args: Sequence[Any]) -> None:
+        errors = self._eval(ENQUEUE, keys, args)
         for error in errors:  # queued all the same: an event or wake-up did not apply
             logger.error("redis command failed on enqueue error=%s", error)
 
-    def send_commands(self, commands: Sequence[cmd.Command], task_ids: Sequence[str]) -> None:
-        """Run the commands that queue ``task_ids`` (a workflow) in one MULTI, as a send.
+    def register_queues(self, queues: Sequence[str], task_ids: Sequence[str] = ()) -> None:
+        """Add ``queues`` to the app's set of queues, once per client, before sending to them.
+
+        A step of its own, not part of the send: the set has the app's hash tag, a queue's
+        tasks the queue's. Added first, so a reader never finds tasks of a queue it does not
+        list; a send that then fails leaves only a name.
+        """
+        new = [q for q in queues if q not in self._known_queues]
+        if new:
+            self._send(lambda: self.redis.sadd(self.keys.queues, *new), task_ids)
+            self._known_queues.update(new)
+
+    def send_commands(
+        self, commands: Sequence[cmd.Command], task_ids: Sequence[str], queues: Sequence[str]
+    ) -> None:
+        """Run the commands that queue ``task_ids`` (a workflow) on ``queues`` in one MULTI.
 
         Raises:
             BrokerUnavailable: As :meth:`enqueue`.
         """
-        self._send(lambda: self._multi(self.redis, commands), task_ids)
+        self.register_queues(queues, task_ids)
+        self._send(lambda: self._multi(self.node(_first_key(commands)), commands), task_ids)
 
     def enqueue_unique(
         self,
@@ -325,8 +449,8 @@ class Broker:
         """
         qk = self.keys.queue(queue)
         body, priority, due_ms, task_id, name = envelope
-        keys = [qk.unique(key), qk.ready[priority], qk.delayed, qk.wake, self.keys.events]
-        keys.append(self.keys.queues)
+        keys = [qk.unique(key), qk.ready[priority], qk.delayed, qk.wake, qk.events]
+        self.register_queues([queue], [task_id])
         args = [body, task_id, name, window_ms, "" if due_ms is None else due_ms]
         args += [int(debounce), self._events_maxlen, queue]
         reply = self._send(lambda: self._eval(UNIQUE, keys, args), [task_id])
@@ -343,6 +467,7 @@ class Broker:
                 broke after the step was sent (it may or may not have applied: the message
                 names the tasks).
         """
+        refused_until = time.monotonic() + self.config.enqueue_timeout_s
         while True:
             try:
                 return step()
@@ -352,6 +477,16 @@ class Broker:
                     f"Redis at {mask_url(self.config.broker_url)} refused the credentials; "
                     f"{len(task_ids)} task(s) not queued ({exc})"
                 ) from exc
+            except SLOTS_REFUSED as exc:
+                # The cluster ran nothing (a MULTI with a refused command is discarded whole):
+                # try again once the slot's new master is known, within the same timeout.
+                if time.monotonic() >= refused_until:
+                    raise BrokerUnavailable(
+                        f"the Redis Cluster at {mask_url(self.config.broker_url)} has no master "
+                        f"for the slot; {len(task_ids)} task(s) not queued ({exc})"
+                    ) from exc
+                time.sleep(SLOTS_REFRESH_S / 2)
+                self.refresh_slots()
             except redis.ResponseError as exc:
                 if not str(exc).startswith("NOREPLICAS"):
                     raise
@@ -386,9 +521,9 @@ class Broker:
         deadline = time.monotonic() + self.config.enqueue_timeout_s
         delay = 0.05
         while True:
-            pool = self.redis.connection_pool
             try:
-                pool.release(pool.get_connection())
+                for pool in self._pools():
+                    pool.release(pool.get_connection())
                 return
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 remaining = deadline - time.monotonic()
@@ -401,6 +536,15 @@ class Broker:
                 time.sleep(min(delay, remaining))
                 delay = min(delay * 2, 1.0)
 
+    def _pools(self) -> list[Any]:
+        """The connection pools a send may use: the server's, or each master's of a cluster."""
+        client = self.redis
+        if not isinstance(client, RedisCluster):
+            return [client.connection_pool]
+        self.refresh_slots()  # a master that died may have handed its slots to a replica
+        primaries = client.get_primaries()  # type: ignore[no-untyped-call, unused-ignore]
+        return [client.get_redis_connection(n).connection_pool for n in primaries]
+
     @property
     def _events_maxlen(self) -> int:
         return self.config.events_maxlen if self.config.events else 0
@@ -409,7 +553,7 @@ class Broker:
         self, qk: QueueKeys, consumer: str, n: int, held: int = 0
     ) -> tuple[list[str], list[Any]]:
         keys = [qk.delayed, qk.proc(consumer), qk.consumers, qk.deliveries, qk.wake]
-        keys += [self.keys.events, *qk.ready, self.keys.revoked, self.keys.paused]
+        keys += [qk.events, *qk.ready, qk.revoked, qk.paused]
         args = [
             n,
             consumer,
@@ -455,7 +599,7 @@ class Broker:
         it decides) join the same step.
         """
         qk = self.keys.queue(queue)
-        result_cmds = [*self._result_commands(task_id, result), *extra_results]
+        result_cmds = [*self._result_commands(qk, task_id, result), *extra_results]
         dead = None
         if dead_fields is not None:
             oldest_ms = now_ms() - int(self.config.dead_letter_max_age_s * 1000)
@@ -473,7 +617,7 @@ class Broker:
         keys, args = self._claim_args(qk, consumer, claim_next, still_held)
         claim: cmd.Command = ("EVALSHA", CLAIM.sha, len(keys), *keys, *args)
         # One MULTI: the ack and the next claim are one atomic step and one round trip.
-        replies = self._multi(self.redis, [*commands, *result_cmds, claim], essential=1)
+        replies = self._multi(self.node(qk.wake), [*commands, *result_cmds, claim], essential=1)
         held, reply = bool(replies[0]), replies[-1]
         if isinstance(reply, NoScriptError):
             # Redis restarted and forgot its scripts; the ack itself applied.
@@ -494,7 +638,7 @@ class Broker:
         keys, args = self._claim_args(qk, consumer, claim_next, still_held)
         args.append(len(acks))
         for a in acks:
-            keys += [self.keys.result(a.task_id), self.keys.state(a.task_id)]
+            keys += [qk.result(a.task_id), qk.state(a.task_id)]
             record, ttl_ms = a.result if a.result is not None else (b"", 0)
             event = cmd.event_body(a.event) if a.event is not None else ()
             args += [a.body, a.task_id, record, ttl_ms, len(event), *event]
@@ -525,8 +669,15 @@ class Broker:
     def ack_many(self, consumer: str, acks: Sequence[Ack]) -> list[bool]:
         """Finish several tasks in one MULTI, each as :meth:`ack` would (without a claim).
 
-        Returns, for each, whether the consumer still held it.
+        On a cluster, one MULTI per queue (each queue's keys are in its own slot). Returns,
+        for each, whether the consumer still held it.
         """
+        if not self.same_slot([a.queue for a in acks]):
+            held: dict[int, bool] = {}
+            for queue in dict.fromkeys(a.queue for a in acks):
+                batch = [a for a in acks if a.queue == queue]
+                held.update(zip(map(id, batch), self.ack_many(consumer, batch), strict=True))
+            return [held[id(a)] for a in acks]
         if (
             self.shared_results
             and len({a.queue for a in acks}) == 1
@@ -539,11 +690,12 @@ class Broker:
         commands: list[cmd.Command] = []
         results: list[cmd.Command] = []
         for a in acks:
-            ack = cmd.ack(self.keys.queue(a.queue), consumer, a.body, a.task_id, a.event)
+            qk = self.keys.queue(a.queue)
+            ack = cmd.ack(qk, consumer, a.body, a.task_id, a.event)
             removals.append(ack[0])  # its LREM, whose reply says whether it was held
             commands += ack[1:]
             commands += a.extra
-            results += self._result_commands(a.task_id, a.result)
+            results += self._result_commands(qk, a.task_id, a.result)
         # The removals first, and only they essential (as in ack): a failing event or
         # follow-up is logged, never a reason to send the whole batch again.
         replies = self._write(results, removals + commands, essential=len(removals))
@@ -554,11 +706,14 @@ class Broker:
         proc = self.keys.queue(queue).proc(consumer)
         return self.redis.lpos(proc, body) is not None  # type: ignore[arg-type]
 
-    def _result_commands(self, task_id: str, result: tuple[bytes, int] | None) -> list[cmd.Command]:
+    @staticmethod
+    def _result_commands(
+        qk: QueueKeys, task_id: str, result: tuple[bytes, int] | None
+    ) -> list[cmd.Command]:
         if result is None:
-            return [("DEL", self.keys.state(task_id))]
+            return [("DEL", qk.state(task_id))]
         record, ttl_ms = result
-        return cmd.store_result(self.keys.result(task_id), self.keys.state(task_id), record, ttl_ms)
+        return cmd.store_result(qk.result(task_id), qk.state(task_id), record, ttl_ms)
 
     def bury(
         self,
@@ -578,15 +733,17 @@ class Broker:
         tid = task_id or ""
         record, ttl_ms = result if result is not None else (b"", 0)
         if result is not None and not self.shared_results:
-            self._multi(self.results, self._result_commands(tid, result))
+            self._multi(
+                self.node(qk.result(tid), self.results), self._result_commands(qk, tid, result)
+            )
             record = b""
         keys = [
             qk.proc(consumer or ""),
             qk.dead,
             qk.deliveries,
-            self.keys.events,
-            self.keys.result(tid),
-            self.keys.state(tid),
+            qk.events,
+            qk.result(tid),
+            qk.state(tid),
         ]
         args = [
             body,
@@ -621,8 +778,8 @@ class Broker:
         the consumer no longer holds it.
         """
         qk = self.keys.queue(queue)
-        rate = self.keys.rate(limit)
-        keys = [qk.proc(consumer), qk.delayed, rate, self.keys.cap(limit), f"{rate}:reserved"]
+        rate = qk.rate(limit)
+        keys = [qk.proc(consumer), qk.delayed, rate, qk.cap(limit), f"{rate}:reserved"]
         args = [body, task_id, interval_ms, 0, cap, cap_lifetime_ms, recheck_ms]
         return int(self._eval(ADMIT, keys, args))
 
@@ -645,7 +802,7 @@ class Broker:
         qk = self.keys.queue(queue)
         record, ttl_ms = state
         if not self.shared_results:
-            self.set_state(task_id, record, ttl_ms)
+            self.set_state(task_id, queue, record, ttl_ms)
             record = b""
         keys = [
             qk.proc(consumer),
@@ -653,8 +810,8 @@ class Broker:
             qk.ready[priority],
             qk.delayed,
             qk.wake,
-            self.keys.events,
-            self.keys.state(task_id),
+            qk.events,
+            qk.state(task_id),
         ]
         args = [
             body,
@@ -672,27 +829,23 @@ class Broker:
     def revoke(
         self,
         task_id: str,
+        queue: str,
         *,
         terminate: bool,
         record: bytes,
         result_ttl_ms: int,
         event_fields: Sequence[str],
     ) -> bool:
-        """Revoke a task that has not finished; see ``lua/revoke.lua``."""
+        """Revoke a task of ``queue`` that has not finished; see ``lua/revoke.lua``."""
+        qk = self.keys.queue(queue)
         if not self.shared_results:
             # Check and write in one step on the result backend: a finished task keeps its
             # result. Written first: a task revoked too late shows REVOKED, then its result.
-            result_keys = [self.keys.result(task_id), self.keys.state(task_id)]
+            result_keys = [qk.result(task_id), qk.state(task_id)]
             if not self._eval(SETTLE, result_keys, [record, result_ttl_ms], self.results):
                 return False
             record = b""
-        keys = [
-            self.keys.revoked,
-            self.keys.terminate,
-            self.keys.result(task_id),
-            self.keys.state(task_id),
-            self.keys.events,
-        ]
+        keys = [qk.revoked, qk.terminate, qk.result(task_id), qk.state(task_id), qk.events]
         args = [
             task_id,
             int(self.config.revoke_ttl_s * 1000),
@@ -704,38 +857,43 @@ class Broker:
         ]
         return bool(self._eval(REVOKE, keys, args))
 
-    def to_terminate(self, task_ids: Sequence[str]) -> list[str]:
-        """Those of ``task_ids`` (running now) that were revoked with ``terminate=True``."""
+    def to_terminate(self, task_ids: Sequence[str], queues: Sequence[str]) -> list[str]:
+        """Those of ``task_ids`` (running now, from ``queues``) revoked with ``terminate=True``."""
         if not task_ids:
             return []
-        scores: list[Any] = self.redis.zmscore(self.keys.terminate, list(task_ids))
+        pipe = self.redis.pipeline(transaction=False)
+        for queue in queues:
+            pipe.zmscore(self.keys.queue(queue).terminate, list(task_ids))
         now = now_ms()  # a lapsed revocation (score in the past) no longer applies
-        return [
-            tid
-            for tid, score in zip(task_ids, scores, strict=False)
-            if score is not None and score > now
-        ]
+        doomed: set[str] = set()
+        for scores in pipe.execute():
+            doomed.update(
+                tid
+                for tid, score in zip(task_ids, scores, strict=False)
+                if score is not None and score > now
+            )
+        return [tid for tid in task_ids if tid in doomed]
 
     def progress(
-        self, task_id: str, record: bytes, ttl_ms: int, event_fields: Sequence[str]
+        self, task_id: str, queue: str, record: bytes, ttl_ms: int, event_fields: Sequence[str]
     ) -> None:
         """Record a running task's custom state and publish task-progress, in one step."""
-        state = cmd.set_state(self.keys.state(task_id), record, ttl_ms)
+        qk = self.keys.queue(queue)
+        state = cmd.set_state(qk.state(task_id), record, ttl_ms)
         events: list[cmd.Command] = []
         if self._events_maxlen:
-            events.append(
-                cmd.event(self.keys.events, self._events_maxlen, "task-progress", *event_fields)
-            )
+            events.append(cmd.event(qk.events, self._events_maxlen, "task-progress", *event_fields))
         if self.shared_results:
-            self._multi(self.redis, state + events, essential=1)
+            self._multi(self.node(qk.events), state + events, essential=1)
         else:
-            self._multi(self.results, state)
+            self._multi(self.node(qk.state(task_id), self.results), state)
             if events:
-                self._multi(self.redis, events)
+                self._multi(self.node(qk.events), events)
 
-    def set_state(self, task_id: str, record: bytes, ttl_ms: int) -> None:
-        """Record a non-final state (STARTED, RETRY, progress) of a task."""
-        self._multi(self.results, cmd.set_state(self.keys.state(task_id), record, ttl_ms))
+    def set_state(self, task_id: str, queue: str, record: bytes, ttl_ms: int) -> None:
+        """Record a non-final state (STARTED, RETRY, progress) of a task of ``queue``."""
+        key = self.keys.queue(queue).state(task_id)
+        self._multi(self.node(key, self.results), cmd.set_state(key, record, ttl_ms))
 
     def requeue(
         self, queue: str, consumer: str, *, count_delivery: bool, only_if_expired: bool = False
@@ -766,19 +924,31 @@ class Broker:
     def wait_wake(self, queues: Sequence[str], timeout_s: float) -> bool:
         """Block until a wake token arrives on one of ``queues`` or ``timeout_s`` passes."""
         wake = [self.keys.queue(q).wake for q in queues]
-        return self.redis.blpop(wake, timeout=max(timeout_s, 0.001)) is not None
+        if self.same_slot(queues):
+            return self.redis.blpop(wake, timeout=max(timeout_s, 0.001)) is not None
+        # A cluster refuses a BLPOP over several slots: wait on each queue in turn, in short
+        # slices, so a token on any of them is seen within one slice.
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for key in wake:
+                left = deadline - time.monotonic()
+                if self.redis.blpop([key], timeout=min(max(left, 0.001), WAKE_SLICE_S)):
+                    return True
+            if deadline - time.monotonic() <= 0:
+                return False
 
     # -- results ----------------------------------------------------------------------------
 
-    def read_state(self, task_id: str) -> tuple[bytes | None, bytes | None]:
+    def read_state(self, task_id: str, queue: str) -> tuple[bytes | None, bytes | None]:
         """Return the final result record and the latest non-final state record, if any."""
-        pipe = self.results.pipeline(transaction=False)
-        pipe.lindex(self.keys.result(task_id), 0)
-        pipe.get(self.keys.state(task_id))
+        qk = self.keys.queue(queue)
+        pipe = self.node(qk.result(task_id), self.results).pipeline(transaction=False)
+        pipe.lindex(qk.result(task_id), 0)
+        pipe.get(qk.state(task_id))
         final, state = pipe.execute()
         return final, state
 
-    def wait_result(self, task_id: str, timeout_s: float | None) -> bytes | None:
+    def wait_result(self, task_id: str, queue: str, timeout_s: float | None) -> bytes | None:
         """Wait for the final result record without polling: BLMOVE of the list onto itself.
 
         The record stays in place, so any number of waiters wake when it lands. Returns None
@@ -786,7 +956,7 @@ class Broker:
         on within the same timeout, reconnecting with backoff: a wait changes nothing, so
         repeating it is always safe.
         """
-        key = self.keys.result(task_id)
+        key = self.keys.queue(queue).result(task_id)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         delay = 0.05
         while True:
@@ -794,19 +964,22 @@ class Broker:
             timeout = 0.0 if left is None else max(left, 0.001)
             try:
                 # Fractional seconds: Redis takes them since 6.0.
-                reply = _run_one(self.results, ("BLMOVE", key, key, "RIGHT", "LEFT", timeout))
+                server = self.node(key, self.results)
+                reply = _run_one(server, ("BLMOVE", key, key, "RIGHT", "LEFT", timeout))
                 return reply  # type: ignore[no-any-return]
             except redis.AuthenticationError:
                 raise
-            except (redis.ConnectionError, redis.TimeoutError):
+            except (*SLOTS_REFUSED, redis.ConnectionError, redis.TimeoutError):
+                self.refresh_slots()  # a cluster's master may have failed over
                 if left is not None and left <= delay:
                     raise
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
 
-    def forget(self, task_id: str) -> None:
+    def forget(self, task_id: str, queue: str) -> None:
         """Delete a task's result and state records."""
-        self.results.delete(self.keys.result(task_id), self.keys.state(task_id))
+        qk = self.keys.queue(queue)
+        self.node(qk.result(task_id), self.results).delete(qk.result(task_id), qk.state(task_id))
 
     def queue_lengths(self, queue: str) -> list[int]:
         """Ready tasks of ``queue`` per priority, index = priority."""

@@ -13,6 +13,16 @@ ACL user); sentinels with a password of their own take ``?sentinel_password=`` (
 ``sentinel_username=``). Other options are redis-py's URL options, for the master's connections.
 The client asks the sentinels for the master's address at each new connection, so after a
 failover the next connection goes to the promoted replica.
+
+Redis Cluster takes ``redis+cluster://``, shaped like the Sentinel form (redis-py's own cluster
+URL names one node only)::
+
+    redis+cluster://[user:password@]host1[:port1][,host2[:port2]...][/][?options]
+    rediss+cluster://...   (TLS to every node)
+
+The hosts are any of the cluster's nodes (port 6379 when none is given); the client asks them
+for the map of slots to masters and finds the rest itself. A cluster has one database, so the
+path stays empty. Options are redis-py's URL options, for the connections to every node.
 """
 
 from __future__ import annotations
@@ -23,20 +33,29 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis
 from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelConnectionPool
 from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
 from redis.connection import URL_QUERY_ARGUMENT_PARSERS
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
 __all__ = (
+    "CLUSTER_SCHEMES",
     "SENTINEL_PORT",
     "SENTINEL_SCHEMES",
+    "ClusterURL",
     "SentinelURL",
     "async_client",
+    "async_cluster_client",
+    "cluster_client",
+    "is_cluster_url",
     "is_sentinel_url",
+    "parse_cluster_url",
     "parse_sentinel_url",
     "sync_client",
 )
@@ -44,6 +63,8 @@ __all__ = (
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 SENTINEL_PORT = 26379
 """Port of a sentinel the URL gives without one (Sentinel's default)."""
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+REDIS_PORT = 6379
 
 
 class SentinelURL(NamedTuple):
@@ -81,14 +102,7 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     segments = [unquote(s) for s in parts.path.strip("/").split("/")] if parts.path else []
     if not segments or not segments[0] or len(segments) > 2:
         raise ValueError("the path must be /<master name> or /<master name>/<db>")
-    options: dict[str, Any] = {}
-    for name, value in parse_qsl(parts.query):
-        # redis-py's own parsers of its URL options (db, socket_timeout, ssl_check_hostname ...)
-        parse: Callable[[str], Any] = URL_QUERY_ARGUMENT_PARSERS.get(name, str)  # type: ignore[assignment]
-        try:
-            options[name] = parse(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"bad value for the URL option {name}: {value!r}") from None
+    options = _url_options(parts.query)
     db = options.pop("db", None)
     if len(segments) == 2:
         if not segments[1].isdigit():
@@ -107,17 +121,73 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     )
 
 
-def _host_port(text: str) -> tuple[str, int]:
+class ClusterURL(NamedTuple):
+    """The parts of a ``redis+cluster://`` URL."""
+
+    nodes: list[tuple[str, int]]
+    tls: bool
+    username: str | None
+    password: str | None
+    options: dict[str, Any]
+    """redis-py URL options for the connections to every node."""
+
+
+def is_cluster_url(url: str) -> bool:
+    """Whether ``url`` names a Redis Cluster (by its scheme alone)."""
+    return url.partition("://")[0].lower() in CLUSTER_SCHEMES
+
+
+def parse_cluster_url(url: str) -> ClusterURL:
+    """Split a ``redis+cluster://`` URL into its parts.
+
+    Raises:
+        ValueError: The URL is not of that form; the message says what is wrong.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in CLUSTER_SCHEMES:
+        raise ValueError(f"not a {' or '.join(CLUSTER_SCHEMES)} URL")
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    user, has_password, password = userinfo.partition(":")
+    if parts.path.strip("/"):
+        raise ValueError("a Redis Cluster has one database: the URL takes no path")
+    options = _url_options(parts.query)
+    if options.pop("db", 0):
+        raise ValueError("a Redis Cluster has database 0 only")
+    return ClusterURL(
+        nodes=[_host_port(h, REDIS_PORT, "cluster node") for h in hosts.split(",")],
+        tls=scheme == "rediss+cluster",
+        username=unquote(user) or None,
+        password=unquote(password) if has_password else None,
+        options=options,
+    )
+
+
+def _url_options(query: str) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for name, value in parse_qsl(query):
+        # redis-py's own parsers of its URL options (db, socket_timeout, ssl_check_hostname ...)
+        parse: Callable[[str], Any] = URL_QUERY_ARGUMENT_PARSERS.get(name, str)  # type: ignore[assignment]
+        try:
+            options[name] = parse(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"bad value for the URL option {name}: {value!r}") from None
+    return options
+
+
+def _host_port(
+    text: str, default_port: int = SENTINEL_PORT, what: str = "sentinel"
+) -> tuple[str, int]:
     if text.startswith("["):  # [::1]:26379
         host, _, rest = text[1:].partition("]")
         port = rest.removeprefix(":")
     else:
         host, _, port = text.partition(":")
     if not host:
-        raise ValueError(f"a sentinel address is empty or has no host: {text!r}")
+        raise ValueError(f"a {what} address is empty or has no host: {text!r}")
     if port and not port.isdigit():
-        raise ValueError(f"bad port in the sentinel address {text!r}")
-    return host, int(port) if port else SENTINEL_PORT
+        raise ValueError(f"bad port in the {what} address {text!r}")
+    return host, int(port) if port else default_port
 
 
 def _sentinel_kwargs(parsed: SentinelURL, connect_timeout_s: float) -> dict[str, Any]:
@@ -223,3 +293,53 @@ def async_client(url: str, *, connect_timeout_s: float) -> AsyncRedis:
         parsed.service_name, redis_class=AsyncSentinelMaster, **kwargs
     )
     return client
+
+
+def _cluster_kwargs(parsed: ClusterURL, connect_timeout_s: float) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "socket_connect_timeout": connect_timeout_s,
+        "socket_keepalive": True,
+        "username": parsed.username,
+        "password": parsed.password,
+    }
+    if parsed.tls:
+        kwargs["ssl"] = True
+    return {**kwargs, **parsed.options}
+
+
+def cluster_client(
+    url: str, *, connect_timeout_s: float, socket_timeout_s: float | None = None
+) -> RedisCluster:
+    """A redis-py cluster client for a ``redis+cluster://`` URL that never re-sends by itself.
+
+    :func:`sync_client`'s policy: redis-py's cluster client re-sends on a broken connection
+    by default.
+    Creating it connects: it reads the map of slots to masters from the first node that
+    answers. Each master's own client (``get_node_from_key(key).redis_connection``) shares the
+    same options.
+
+    Raises:
+        ValueError: The URL is malformed.
+        redis.RedisClusterException: No node of the URL answered.
+    """
+    parsed = parse_cluster_url(url)
+    kwargs = _cluster_kwargs(parsed, connect_timeout_s)
+    kwargs.setdefault("socket_timeout", socket_timeout_s)
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in parsed.nodes],  # type: ignore[no-untyped-call, unused-ignore]
+        retry=Retry(NoBackoff(), 0),
+        **kwargs,
+    )
+
+
+def async_cluster_client(url: str, *, connect_timeout_s: float) -> AsyncRedisCluster:
+    """The asyncio form of :func:`cluster_client`; it connects on first use.
+
+    Close it with ``aclose()``.
+    """
+    parsed = parse_cluster_url(url)
+    return AsyncRedisCluster(
+        startup_nodes=[AsyncClusterNode(host, port) for host, port in parsed.nodes],
+        retry=AsyncRetry(NoBackoff(), 0),
+        **_cluster_kwargs(parsed, connect_timeout_s),
+    )

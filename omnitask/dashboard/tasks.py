@@ -175,10 +175,20 @@ def _text(value: str) -> str:
     return value if len(value) <= _TEXT_MAX else value[:_TEXT_MAX] + " ..."
 
 
-def _result(app: OmniTask, task_id: str) -> dict[str, Any] | None:
-    """The task's stored result or state record, as shown (never unpickled)."""
-    final, latest = app.broker.read_state(task_id)
-    data = final if final is not None else latest
+def _result(app: OmniTask, task_id: str, queue: str | None) -> dict[str, Any] | None:
+    """The task's stored result or state record, as shown (never unpickled).
+
+    A result lives under its task's queue: the one the events name, else the first queue of
+    the app that holds one.
+    """
+    data: bytes | None = None
+    final: bytes | None = None
+    queues = [queue] if queue else sorted(m.decode() for m in _queue_names(app))
+    for name in queues:
+        final, latest = app.broker.read_state(task_id, name)
+        data = final if final is not None else latest
+        if data is not None:
+            break
     if data is None:
         return None
     try:
@@ -243,7 +253,7 @@ def find_message(app: OmniTask, task_id: str, queue: str | None) -> dict[str, An
     delayed and ready messages, then among its newest dead letters.
     """
     needle = task_id.encode()
-    members: Any = [] if queue else app.broker.redis.smembers(app.keys.queues)
+    members: Any = [] if queue else _queue_names(app)
     queues = [queue] if queue else sorted(m.decode() for m in members)
     for name in queues:
         for where, body in _queue_bodies(app, name):
@@ -261,11 +271,15 @@ def find_message(app: OmniTask, task_id: str, queue: str | None) -> dict[str, An
     return None
 
 
+def _queue_names(app: OmniTask) -> Any:
+    return app.broker.redis.smembers(app.keys.queues)
+
+
 def task_detail(app: OmniTask, window: EventWindow, task_id: str) -> dict[str, Any] | None:
     """Everything known of one task, or None when neither the window nor Redis knows it."""
     timeline = [e for e in window.events() if e.task_id == task_id]
     summary = summarize(timeline).get(task_id)
-    result = _result(app, task_id)
+    result = _result(app, task_id, summary.queue if summary else None)
     message = find_message(app, task_id, summary.queue if summary else None)
     if summary is None and result is None and message is None:
         return None

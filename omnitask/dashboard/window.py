@@ -1,10 +1,11 @@
-"""The recent lifecycle events, held in memory and topped up from the app's capped stream.
+"""The recent lifecycle events, held in memory and topped up from the app's capped streams.
 
 The dashboard, its live chart and ``/metrics`` all read the same events: re-reading the whole
 stream (``events_maxlen``, 10,000 by default) on every poll would cost each open browser
 tab a full scan per second. :class:`EventWindow` reads it once, then only the entries added
 since the last read, and forgets the entries that Redis has trimmed, so that it holds what
-the stream holds: "the event window" everywhere in the dashboard and the metrics.
+the streams hold: "the event window" everywhere in the dashboard and the metrics. The app's
+stream and each queue's are read side by side and merged by entry id.
 
 Times are the stream entry ids' milliseconds, stamped by the Redis server's clock, and
 :attr:`EventWindow.now_ms` is that same clock, read with each refresh: ages and rates never
@@ -22,7 +23,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from omnitask.events import Event
+from omnitask.events import Event, event_keys, read_after, stream_order
 
 if TYPE_CHECKING:
     from omnitask.app import OmniTask
@@ -37,9 +38,7 @@ _PAGE = 1000
 _READ_MAX = 50_000
 
 
-def _order(stream_id: str) -> tuple[int, int]:
-    ms, _, seq = stream_id.partition("-")
-    return int(ms), int(seq or 0)
+_order = stream_order
 
 
 def event_ms(event: Event) -> int:
@@ -72,7 +71,8 @@ class EventWindow:
         self._lock = threading.Lock()
         self._events: list[Event] = []
         self._ids: list[tuple[int, int]] = []
-        self._last_id = "0-0"
+        self._sources: list[str] = []  # the stream of each event
+        self._last: dict[str, str] = {}  # stream -> the newest id read from it
         self._refreshed = -1.0
         self._now_ms = 0
         self._first_refresh_id: str | None = None
@@ -101,40 +101,61 @@ class EventWindow:
             if not force and started - self._refreshed < self._min_interval_s:
                 return
             redis = self._app.broker.redis
-            key = self._app.keys.events
             seconds, micros = redis.time()
             self._now_ms = int(seconds) * 1000 + int(micros) // 1000
-            self._append(self._read_new(redis, key))
-            self._trim(redis, key)
+            for key in event_keys(self._app):
+                self._last.setdefault(key, "0-0")
+            self._append(self._read_new(redis))
+            self._trim(redis)
             if self._first_refresh_id is None:
-                self._first_refresh_id = self._last_id
+                newest = max(self._last.values(), key=_order, default="0-0")
+                self._first_refresh_id = newest
             self._refreshed = started
 
-    def _read_new(self, redis: Any, key: str) -> list[Event]:
-        new: list[Event] = []
+    def _read_new(self, redis: Any) -> list[tuple[str, Event]]:
+        new: list[tuple[str, Event]] = []
         while len(new) < _READ_MAX:
-            page: Any = redis.xrange(key, min="(" + self._last_id, count=_PAGE)
-            new += (Event.from_entry(entry_id, raw) for entry_id, raw in page)
-            if page:
-                self._last_id = page[-1][0].decode()
+            page = read_after(redis, self._last, _PAGE)
+            new += ((key, Event.from_entry(entry_id, raw)) for key, entry_id, raw in page)
             if len(page) < _PAGE:
                 break
         return new
 
-    def _append(self, new: Sequence[Event]) -> None:
-        self._events.extend(new)
-        self._ids.extend(_order(e.stream_id) for e in new)
-
-    def _trim(self, redis: Any, key: str) -> None:
-        oldest: Any = redis.xrange(key, count=1)
-        if not oldest:
-            self._events.clear()
-            self._ids.clear()
+    def _append(self, new: Sequence[tuple[str, Event]]) -> None:
+        if not new:
             return
-        cut = bisect.bisect_left(self._ids, _order(oldest[0][0].decode()))
-        if cut:
-            del self._events[:cut]
-            del self._ids[:cut]
+        behind = self._ids and _order(new[0][1].stream_id) < self._ids[-1]
+        self._events.extend(e for _, e in new)
+        self._ids.extend(_order(e.stream_id) for _, e in new)
+        self._sources.extend(key for key, _ in new)
+        if behind:
+            # Streams on several servers (a cluster) may deliver an entry older than one
+            # held: keep the window in id order, which every reader's bisect relies on.
+            rows = sorted(
+                zip(self._ids, self._events, self._sources, strict=True), key=lambda row: row[0]
+            )
+            self._ids = [i for i, _, _ in rows]
+            self._events = [e for _, e, _ in rows]
+            self._sources = [k for _, _, k in rows]
+
+    def _trim(self, redis: Any) -> None:
+        keys = list(self._last)
+        pipe = redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.xrange(key, count=1)
+        oldest = {
+            key: _order(page[0][0].decode()) if page else None
+            for key, page in zip(keys, pipe.execute(), strict=True)
+        }
+        keep = [
+            i
+            for i, (key, order) in enumerate(zip(self._sources, self._ids, strict=True))
+            if (first := oldest.get(key)) is not None and order >= first
+        ]
+        if len(keep) < len(self._ids):
+            self._events = [self._events[i] for i in keep]
+            self._ids = [self._ids[i] for i in keep]
+            self._sources = [self._sources[i] for i in keep]
 
     def events(self, *, since_ms: int | None = None) -> list[Event]:
         """The events held, oldest first (only those at or after ``since_ms`` if given)."""

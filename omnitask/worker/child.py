@@ -141,7 +141,7 @@ class Child:
         return AsyncRunner(
             conf.async_backend,
             conf.async_concurrency,
-            self.app.broker.to_terminate,
+            partial(self.app.broker.to_terminate, queues=self.queues),
             executor.flush_acks,
         )
 

@@ -129,11 +129,12 @@ class Executor:
         self._deferred: list[Ack] = []
         self._deferred_since = 0.0
         self._defer_lock = threading.Lock()
-        self._events_key = app.keys.events
         self._maxlen = conf.events_maxlen if conf.events else 0
 
-    def _event(self, kind: str, *fields: str) -> cmd.Command | None:
-        return cmd.event(self._events_key, self._maxlen, kind, *fields) if self._maxlen else None
+    def _event(self, queue: str, kind: str, *fields: str) -> cmd.Command | None:
+        if not self._maxlen:
+            return None
+        return cmd.event(self.app.keys.queue(queue).events, self._maxlen, kind, *fields)
 
     def claim(self, queue: str, n: int = 1) -> Claim:
         """Claim the next ``n`` tasks of ``queue`` for this consumer."""
@@ -204,7 +205,7 @@ class Executor:
             # The killed run held a place under its cap: the outcome's ack frees it.
             with contextlib.suppress(Exception):  # a limit_key that fails: the place lapses
                 limit = task.name + limits.suffix(task, request.args, request.kwargs)
-                self._capped[task_id] = self.app.keys.cap(limit)
+                self._capped[task_id] = self.app.keys.queue(queue).cap(limit)
         if revoked:
             self._revoke(_Run(queue, body, envelope, task), "terminated", 0)
             return True
@@ -306,7 +307,7 @@ class Executor:
         )  # fmt: skip
         if due == 0:
             if limits.cap:
-                self._capped[request.id] = self.app.keys.cap(limit)
+                self._capped[request.id] = self.app.keys.queue(run.queue).cap(limit)
             return True
         if due < 0:
             _warn_not_held(request.id)
@@ -327,7 +328,7 @@ class Executor:
         An empty tuple for other tasks (and immutable callbacks); None when the results are
         gone (the chord outlived the result TTL), after dead-lettering the message.
         """
-        plan = canvas.gather_plan(self.app, envelope)
+        plan = canvas.gather_plan(self.app, envelope, queue)
         if plan is None:
             return ()
         key, fields, immutable = plan
@@ -357,7 +358,7 @@ class Executor:
             )
             data = self._record_bytes(started)
             ttl_ms = int(task.result_ttl_s * 1000)
-            self._io(lambda: self.broker.set_state(run.envelope.id, data, ttl_ms))
+            self._io(lambda: self.broker.set_state(run.envelope.id, run.queue, data, ttl_ms))
         self.app.signals.task_prerun.send(request)
 
     def _succeeded(
@@ -450,12 +451,12 @@ class Executor:
             retries=envelope.retries,
         )
         event = self._event(
-            "task-succeeded", *self._fields(envelope, queue), "rt", f"{runtime:.6f}"
+            queue, "task-succeeded", *self._fields(envelope, queue), "rt", f"{runtime:.6f}"
         )
         ttl_ms = int(task.result_ttl_s * 1000)
         data = self._record_bytes(record)
         result = None if task.ignore_result else (data, ttl_ms)
-        extra = canvas.on_success(self.app, envelope, value, data) if envelope.canvas else []
+        extra = canvas.on_success(self.app, envelope, queue, value, data) if envelope.canvas else []
         return Ack(queue, body, envelope.id, result, event, [*extra, *self._release(envelope.id)])
 
     def _success_signals(self, request: Request, value: Any, runtime: float) -> None:
@@ -731,6 +732,7 @@ class Executor:
         record, summary = self._error_record(state, task, exc, envelope.retries, runtime)
         logger.info("task failed task=%s id=%s error=%s", task.name, envelope.id, summary)
         event = self._event(
+            queue,
             "task-failed",
             *self._fields(envelope, queue),
             "rt",
@@ -811,7 +813,7 @@ class Executor:
         record = ResultRecord(
             TaskState.REVOKED.value, now_ms(), task.name, exc_message=reason, worker=self.consumer
         )
-        event = self._event("task-revoked", *self._fields(envelope, queue), "reason", reason)
+        event = self._event(queue, "task-revoked", *self._fields(envelope, queue), "reason", reason)
         ttl_ms = int(task.result_ttl_s * 1000)
         data = self._record_bytes(record)
         result = None if task.ignore_result else (data, ttl_ms)

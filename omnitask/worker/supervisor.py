@@ -227,7 +227,7 @@ class Supervisor:
                 running[task_id] = consumer
         if running:
             doomed = self._redis_step(
-                partial(self.broker.to_terminate, list(running)), what="revoked"
+                partial(self.broker.to_terminate, list(running), self.queues), what="revoked"
             )
             for task_id in doomed or ():
                 if self._stop_run(running[task_id], task_id, revoked=True):

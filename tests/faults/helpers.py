@@ -44,7 +44,7 @@ def records(r: redis.Redis, task_ids: Iterable[str]) -> dict[str, ResultRecord |
     ids = list(task_ids)
     pipe = r.pipeline(transaction=False)
     for task_id in ids:
-        pipe.lindex(apps.app.keys.result(task_id), 0)
+        pipe.lindex(apps.app.keys.queue("default").result(task_id), 0)
     raw = pipe.execute()
     return {
         i: (None if data is None else decode_result(data)) for i, data in zip(ids, raw, strict=True)

@@ -362,7 +362,7 @@ def test_wrong_type_key_never_drops_a_task(
 ) -> None:
     worker = start_worker(APP)
     qk = queue_keys()
-    key = apps.app.keys.events if which == "events" else qk.deliveries
+    key = qk.events if which == "events" else qk.deliveries
     r.delete(key)
     r.set(key, f"a string where a {which} key belongs")
     result = apps.count.delay(5)  # the enqueue itself applies (its event is not essential)
@@ -460,9 +460,9 @@ def test_keys_and_memory_stay_bounded(start_worker: WorkerFactory, r: redis.Redi
     for _ in range(2):
         start_worker(APP, concurrency=2, env=env)
     keys, qk = apps.app.keys, queue_keys()
-    fixed = {keys.events, keys.queues, keys.workers, qk.consumers, qk.wake, apps.RUNS}
+    fixed = {keys.events, qk.events, keys.queues, keys.workers, qk.consumers, qk.wake, apps.RUNS}
     fixed |= {keys.worker_status(w.decode()) for w in r.zrange(keys.workers, 0, -1)}  # 1 each
-    result_key = re.compile(re.escape(keys.result("")) + "[0-9a-f]{32}$")
+    result_key = re.compile(re.escape(qk.result("")) + "[0-9a-f]{32}$")
 
     def settle() -> int:
         wait_for(lambda: r.dbsize() <= len(fixed), RESULT_TTL_S + 5, "the results to expire")
@@ -501,7 +501,7 @@ def test_keys_and_memory_stay_bounded(start_worker: WorkerFactory, r: redis.Redi
     # Each has its TTL (-1 would be none; -2 is a key that expired meanwhile).
     assert all(t == -2 or 0 <= t <= RESULT_TTL_S * 1000 for t in ttls)
     settled = settle()
-    events = r.xlen(keys.events)
+    events = r.xlen(qk.events)
 
     # At every instant, the keys were the results stored within about one TTL, plus a few.
     worst = 0

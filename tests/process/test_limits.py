@@ -74,7 +74,9 @@ def test_concurrency_cap_across_workers(start_worker: WorkerFactory, r: redis.Re
         result.get(timeout=15)
     seen = [int(v) for v in r.lrange("test:concurrent", 0, -1)]
     assert len(seen) == 10 and max(seen) == 2  # four slots, never more than two at once
-    assert not r.zcard(limited.app.keys.cap("tests.apps.limited.capped"))  # all released
+    assert not r.zcard(
+        limited.app.keys.queue(limited.capped.queue).cap("tests.apps.limited.capped")
+    )  # all released
 
 
 def test_options_are_checked() -> None:

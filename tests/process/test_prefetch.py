@@ -41,7 +41,11 @@ def test_batches_record_every_outcome(start_worker: WorkerFactory, r: redis.Redi
     with pytest.raises(basic.Boom, match="in a batch"):
         failed.get(timeout=10)
     wait_for(lambda: in_flight(r) == 0, what="every batch acknowledged")
-    succeeded = [f for _, f in r.xrange(basic.app.keys.events) if f[b"e"] == b"task-succeeded"]
+    succeeded = [
+        f
+        for _, f in r.xrange(basic.app.keys.queue("default").events)
+        if f[b"e"] == b"task-succeeded"
+    ]
     assert len(succeeded) == 51  # one final event per success, none lost in a batch
 
 

@@ -282,7 +282,7 @@ def test_ignore_result(start_worker: WorkerFactory, r: redis.Redis) -> None:
     with pytest.raises(omnitask.ResultIgnoredError):
         result.get(timeout=1)
     wait_for(lambda: log(r) == ["shh"], what="the task to run")
-    assert not r.exists(basic.app.keys.result(result.id))
+    assert not r.exists(basic.app.keys.queue(result.queue).result(result.id))
 
 
 def test_expired_task_is_revoked(start_worker: WorkerFactory, r: redis.Redis) -> None:

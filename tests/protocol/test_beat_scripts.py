@@ -70,7 +70,7 @@ def test_fire_sends_each_slot_once(app: OmniTask, r: redis.Redis) -> None:
     assert r.hget(app.keys.beat_fired, "s") == str(slot).encode()
     assert r.sismember(app.keys.queues, "jobs")
     assert r.llen(app.keys.queue("jobs").wake) == 1
-    events = r.xrange(app.keys.events)
+    events = r.xrange(app.keys.queue("jobs").events)
     assert [e[1][b"e"] for e in events] == [b"task-sent"]
     assert events[0][1][b"i"] == run_id("s", slot).encode() and events[0][1][b"n"] == b"job"
     envelope = decode_envelope(r.lindex(app.keys.queue("jobs").ready[7], 0))

@@ -11,6 +11,7 @@ import redis
 from omnitask import OmniTask
 from omnitask.broker import commands as cmd
 from omnitask.broker.client import Ack, Broker
+from omnitask.broker.keys import QueueKeys
 from omnitask.messages import decode_envelope
 from omnitask.producer import Call
 
@@ -25,6 +26,10 @@ def app(redis_url: str) -> Iterator[OmniTask]:
 
     yield app
     app.close()
+
+
+def default_keys(app: OmniTask) -> QueueKeys:
+    return app.keys.queue("default")
 
 
 def send(app: OmniTask, i: int, **options: object) -> str:
@@ -74,23 +79,23 @@ def test_ack_removes_and_stores_result(app: OmniTask, r: redis.Redis) -> None:
     assert held is True
     assert nxt is not None and len(nxt.tasks) == 1  # the next task was claimed in the same step
     assert r.lrange(qk.proc("c1"), 0, -1) == [nxt.tasks[0].body]
-    assert r.lrange(app.keys.result(task_id), 0, -1) == [b"rec"]
-    assert 59_000 < r.pttl(app.keys.result(task_id)) <= 60_000
+    assert r.lrange(app.keys.queue("default").result(task_id), 0, -1) == [b"rec"]
+    assert 59_000 < r.pttl(app.keys.queue("default").result(task_id)) <= 60_000
     # Acking again (a retried round trip) is harmless and says the task is no longer held.
     held, _ = app.broker.ack("default", "c1", claimed.body, task_id, (b"rec", 60_000), None)
-    assert held is False and r.llen(app.keys.result(task_id)) == 1
+    assert held is False and r.llen(app.keys.queue("default").result(task_id)) == 1
 
 
 def test_ack_and_claim_publishes_the_final_event(app: OmniTask, r: redis.Redis) -> None:
     task_id = send(app, 1)
     claimed = app.broker.claim("default", "c1").tasks[0]
-    event = cmd.event(app.keys.events, 100, "task-succeeded", "i", task_id, "rt", "0.5")
+    event = cmd.event(default_keys(app).events, 100, "task-succeeded", "i", task_id, "rt", "0.5")
     held, nxt = app.broker.ack("default", "c1", claimed.body, task_id, None, event, 1)
     assert held is True and nxt is not None and nxt.tasks == []
-    kinds = [fields[b"e"] for _, fields in r.xrange(app.keys.events)]
+    kinds = [fields[b"e"] for _, fields in r.xrange(default_keys(app).events)]
     assert kinds[-1] == b"task-succeeded"
-    assert r.xrevrange(app.keys.events, count=1)[0][1][b"rt"] == b"0.5"
-    assert not r.exists(app.keys.result(task_id))  # ignore_result: no record kept
+    assert r.xrevrange(default_keys(app).events, count=1)[0][1][b"rt"] == b"0.5"
+    assert not r.exists(default_keys(app).result(task_id))  # ignore_result: no record kept
 
 
 def test_ack_and_claim_of_a_task_no_longer_held(app: OmniTask, r: redis.Redis) -> None:
@@ -99,7 +104,7 @@ def test_ack_and_claim_of_a_task_no_longer_held(app: OmniTask, r: redis.Redis) -
     r.delete(app.keys.queue("default").proc("c1"))  # its lease lapsed; another worker has it
     held, nxt = app.broker.ack("default", "c1", claimed.body, task_id, (b"rec", 60_000), None, 1)
     assert held is False and nxt is not None
-    assert r.lrange(app.keys.result(task_id), 0, -1) == [b"rec"]
+    assert r.lrange(default_keys(app).result(task_id), 0, -1) == [b"rec"]
 
 
 def test_ack_and_claim_applies_the_ack_when_a_later_step_fails(
@@ -108,13 +113,13 @@ def test_ack_and_claim_applies_the_ack_when_a_later_step_fails(
     task_id = send(app, 1)
     claimed = app.broker.claim("default", "c1").tasks[0]
     send(app, 2)
-    r.set(app.keys.paused, "not a set")  # the claim's SISMEMBER fails
+    r.set(default_keys(app).revoked, "not a zset")  # the claim's ZSCORE fails
     held, nxt = app.broker.ack("default", "c1", claimed.body, task_id, (b"rec", 60_000), None, 1)
     assert held is True and nxt is None  # acked; the caller claims again on its own
-    assert r.lrange(app.keys.result(task_id), 0, -1) == [b"rec"]
+    assert r.lrange(default_keys(app).result(task_id), 0, -1) == [b"rec"]
     assert r.llen(app.keys.queue("default").proc("c1")) == 0
     assert "WRONGTYPE" in caplog.text
-    r.delete(app.keys.paused)
+    r.delete(default_keys(app).revoked)
     assert claim_args(app.broker, "c1") == [2]
 
 
@@ -129,16 +134,16 @@ def test_ack_many_in_one_step(app: OmniTask, r: redis.Redis) -> None:
             claimed[1].body,
             ids[1],
             None,
-            cmd.event(app.keys.events, 100, "x", "i", ids[1]),
+            cmd.event(default_keys(app).events, 100, "x", "i", ids[1]),
         ),
         Ack("default", claimed[2].body, ids[2], (b"r2", 60_000), None),
     ]
     assert app.broker.ack_many("c1", acks) == [True, True, False]
     assert r.llen(app.keys.queue("default").proc("c1")) == 0
-    assert r.lrange(app.keys.result(ids[0]), 0, -1) == [b"r0"]
-    assert not r.exists(app.keys.result(ids[1]))
-    assert r.lrange(app.keys.result(ids[2]), 0, -1) == [b"r2"]
-    last = r.xrevrange(app.keys.events, count=1)[0][1]
+    assert r.lrange(default_keys(app).result(ids[0]), 0, -1) == [b"r0"]
+    assert not r.exists(default_keys(app).result(ids[1]))
+    assert r.lrange(default_keys(app).result(ids[2]), 0, -1) == [b"r2"]
+    last = r.xrevrange(default_keys(app).events, count=1)[0][1]
     assert last[b"e"] == b"x" and last[b"i"] == ids[1].encode()
 
 
@@ -157,7 +162,7 @@ def test_bulk_enqueue_in_one_step(
     assert r.zcard(qk.delayed) == 1
     first = decode_envelope(r.lindex(qk.ready[0], 0) or b"")
     assert int(first.payload[2]) == 0  # FIFO within a priority, across the script's chunks
-    sent = [f for _, f in r.xrange(app.keys.events) if f[b"e"] == b"task-sent"]
+    sent = [f for _, f in r.xrange(default_keys(app).events) if f[b"e"] == b"task-sent"]
     assert len(sent) == 2501 and b"eta" in sent[-1]
     assert "WRONGTYPE" in caplog.text
     assert r.sismember(app.keys.queues, "default")
@@ -262,8 +267,8 @@ def test_separate_result_backend(redis_server: object, redis_url: str, r: redis.
     claimed = app.broker.claim("default", "c1").tasks[0]
     app.broker.ack("default", "c1", claimed.body, call.task_id, (b"rec", 10_000), None, 1)
     with redis.Redis.from_url(results_url) as results:
-        assert results.lrange(app.keys.result(call.task_id), 0, -1) == [b"rec"]
-    assert not r.exists(app.keys.result(call.task_id))
+        assert results.lrange(app.keys.queue("default").result(call.task_id), 0, -1) == [b"rec"]
+    assert not r.exists(app.keys.queue("default").result(call.task_id))
     app.close()
 
 
@@ -282,7 +287,7 @@ def test_retry_only_while_held(app: OmniTask, r: redis.Redis) -> None:
     assert app.broker.retry("default", "c1", body, b"new", 5, None, task_id, state, ["i", task_id])
     qk = app.keys.queue("default")
     assert r.lrange(qk.ready[5], 0, -1) == [b"new"] and r.llen(qk.proc("c1")) == 0
-    assert r.get(app.keys.state(task_id)) == b"retry-record"
+    assert r.get(app.keys.queue("default").state(task_id)) == b"retry-record"
     # Run again (a lost reply) or after the lease expired: no second copy.
     assert not app.broker.retry("default", "c1", body, b"new", 5, None, task_id, state, [])
     assert r.llen(qk.ready[5]) == 1
@@ -299,12 +304,12 @@ def test_bury_only_while_held(app: OmniTask, r: redis.Redis) -> None:
 def test_errors_abort_before_anything_moves(app: OmniTask, r: redis.Redis) -> None:
     qk = app.keys.queue("default")
     send(app, 1)
-    r.delete(app.keys.events)
-    r.set(app.keys.events, "not a stream")  # e.g. another tool sharing the prefix
+    r.delete(app.keys.queue("default").events)
+    r.set(app.keys.queue("default").events, "not a stream")  # e.g. another tool sharing the prefix
     with pytest.raises(redis.ResponseError):
         app.broker.claim("default", "c1")
     assert r.llen(qk.ready[5]) == 1 and r.llen(qk.proc("c1")) == 0
-    r.delete(app.keys.events)
+    r.delete(app.keys.queue("default").events)
     body = app.broker.claim("default", "c1").tasks[0].body
     r.set(qk.dead, "not a stream")
     with pytest.raises(redis.ResponseError):
@@ -329,9 +334,9 @@ def test_lapsed_revocation_no_longer_applies(app: OmniTask) -> None:
     app.configure(revoke_ttl_s=0.05)
     task_id = send(app, 1, countdown=0.2)
     assert app.broker.revoke(
-        task_id, terminate=False, record=b"r", result_ttl_ms=1000, event_fields=[]
+        task_id, "default", terminate=False, record=b"r", result_ttl_ms=1000, event_fields=[]
     )
-    app.broker.forget(task_id)
+    app.broker.forget(task_id, "default")
     time.sleep(0.3)  # due now, and the revocation has lapsed
     claim = app.broker.claim("default", "c1")
     assert len(claim.tasks) == 1 and claim.tasks[0].revoked is False
@@ -361,12 +366,16 @@ def test_revoke_on_a_separate_result_backend(redis_url: str, r: redis.Redis) -> 
     body = app.broker.claim("default", "c1").tasks[0].body
     app.broker.ack("default", "c1", body, done.task_id, (b"success", 60_000), None)
     assert app.broker.revoke(
-        done.task_id, terminate=False, record=b"revoked", result_ttl_ms=60_000, event_fields=[]
+        done.task_id, "default", terminate=False, record=b"revoked", result_ttl_ms=60_000,
+        event_fields=[],
     ) is False  # fmt: skip
     assert app.broker.revoke(
-        pending.task_id, terminate=False, record=b"revoked", result_ttl_ms=60_000, event_fields=[]
+        pending.task_id, "default", terminate=False, record=b"revoked", result_ttl_ms=60_000,
+        event_fields=[],
     ) is True  # fmt: skip
     with redis.Redis.from_url(results_url) as results:
-        assert results.lrange(app.keys.result(done.task_id), 0, -1) == [b"success"]
-        assert results.lrange(app.keys.result(pending.task_id), 0, -1) == [b"revoked"]
+        assert results.lrange(app.keys.queue("default").result(done.task_id), 0, -1) == [b"success"]
+        assert results.lrange(app.keys.queue("default").result(pending.task_id), 0, -1) == [
+            b"revoked"
+        ]
     app.close()

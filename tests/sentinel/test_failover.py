@@ -75,7 +75,7 @@ def _results(url: str, task_ids: dict[int, str], timeout_s: float) -> dict[int, 
         while True:
             pipe = reader.pipeline(transaction=False)
             for task_id in task_ids.values():
-                pipe.exists(apps.app.keys.result(task_id))
+                pipe.exists(apps.app.keys.queue("default").result(task_id))
             arrived = dict(zip(task_ids, map(bool, pipe.execute()), strict=True))
             now = time.monotonic()
             if sum(arrived.values()) != count:

@@ -37,8 +37,12 @@ def test_garbage_is_a_message_error(data: bytes) -> None:
 def test_keys_share_hash_tags() -> None:
     keys = Keyspace("ot", "app")
     queue = keys.queue("emails")
-    for key in (*queue.ready, queue.delayed, queue.consumers, queue.proc("c"), queue.dead):
+    every = (*queue.ready, queue.delayed, queue.consumers, queue.proc("c"), queue.dead)
+    every += (queue.result("t1"), queue.state("t1"), queue.events, queue.revoked)
+    every += (queue.terminate, queue.paused, queue.rate("t"), queue.cap("t"), queue.chord("c"))
+    for key in every:
         assert key.startswith("ot:{app:emails}:")
-    assert keys.result("t1") == "ot:{app}:r:t1" and keys.events == "ot:{app}:events"
+    assert queue.result("t1") == "ot:{app:emails}:r:t1" and keys.events == "ot:{app}:events"
+    assert keys.queues == "ot:{app}:queues"
     with pytest.raises(ValueError, match="queue name"):
         keys.queue("a{b}")

@@ -20,7 +20,7 @@
 --
 -- KEYS[1] delayed ZSET      KEYS[2] proc LIST (this consumer)   KEYS[3] consumers ZSET
 -- KEYS[4] deliveries HASH   KEYS[5] wake LIST                   KEYS[6] events STREAM
--- KEYS[7..16] ready LISTs for priorities 0..9   KEYS[17] revoked ZSET   KEYS[18] paused SET
+-- KEYS[7..16] ready LISTs for priorities 0..9   KEYS[17] revoked ZSET   KEYS[18] paused flag
 -- KEYS[17 + 2i], KEYS[18 + 2i]: result LIST and state STRING of the i-th task acked
 -- ARGV[1] max envelopes to claim   ARGV[2] consumer id   ARGV[3] lease ms
 -- ARGV[4] events maxlen (0: publish none)   ARGV[5] queue name   ARGV[6] default priority
@@ -32,7 +32,7 @@
 -- Returns {server now ms, next due ms or -1, env 1, deliveries 1, revoked 1, env 2, ...};
 -- revoked is 1 for a task revoked before it ran (the worker records REVOKED, never runs it);
 -- "next due" is only computed when nothing was claimed (the caller then sleeps until it).
--- A paused queue (its name in KEYS[18]) hands out nothing new and promotes nothing.
+-- A paused queue (KEYS[18] exists) hands out nothing new and promotes nothing.
 -- A claim of 0 envelopes refreshes the lease and nothing else.
 -- With acks it returns {held, errors, claim}: held lists, per ack, 1 when the consumer still
 -- held the task (0: its lease lapsed and it went elsewhere); errors are those of the steps
@@ -74,7 +74,7 @@ local function claim()
 
   -- Paused: its tasks stay where they are. Next due stays -1, or idle workers would spin on
   -- delayed tasks that are due but may not move; a resume wakes them (control.py).
-  if redis.call('SISMEMBER', KEYS[18], queue) == 1 then
+  if redis.call('EXISTS', KEYS[18]) == 1 then
     return out
   end
 

@@ -5,10 +5,9 @@
 -- call one of each (measured: about half the client's time per .delay(), and a third of a
 -- bulk send's of 1000 tasks, went to packing and reading a MULTI).
 --
--- KEYS[1] delayed ZSET   KEYS[2] wake LIST   KEYS[3] events STREAM   KEYS[4] queues SET
--- KEYS[5..] the ready LISTs of the priorities used
+-- KEYS[1] delayed ZSET   KEYS[2] wake LIST   KEYS[3] events STREAM (the queue's)
+-- KEYS[4..] the ready LISTs of the priorities used
 -- ARGV[1] queue name   ARGV[2] events maxlen (0: none)   ARGV[3] max wake tokens
--- ARGV[4] '1' to record the queue name in the queues set
 -- then 5 per task: envelope, index in KEYS of its ready LIST ('' when delayed), due ms (''
 -- when ready now), task id, task name
 -- Returns {} when everything applied, else the errors of the steps after the RPUSHes and the
@@ -19,9 +18,9 @@
 
 local CHUNK = 1000 -- unpack() of more than about 8000 values overflows Lua's stack
 local ready, delayed = {}, {}
-local n = (#ARGV - 4) / 5
+local n = (#ARGV - 3) / 5
 for i = 0, n - 1 do
-  local at = 5 + 5 * i
+  local at = 4 + 5 * i
   local key = ARGV[at + 1]
   if key == '' then
     delayed[#delayed + 1] = ARGV[at + 2]
@@ -55,7 +54,7 @@ try('LTRIM', KEYS[2], 0, max - 1)
 local maxlen = tonumber(ARGV[2])
 if maxlen > 0 then
   for i = 0, n - 1 do
-    local at = 5 + 5 * i
+    local at = 4 + 5 * i
     if ARGV[at + 2] == '' then
       try('XADD', KEYS[3], 'MAXLEN', '~', maxlen, '*', 'e', 'task-sent',
           'i', ARGV[at + 3], 'n', ARGV[at + 4], 'q', ARGV[1])
@@ -64,8 +63,5 @@ if maxlen > 0 then
           'i', ARGV[at + 3], 'n', ARGV[at + 4], 'q', ARGV[1], 'eta', ARGV[at + 2])
     end
   end
-end
-if ARGV[4] == '1' then
-  try('SADD', KEYS[4], ARGV[1])
 end
 return errors

@@ -10,7 +10,7 @@
 -- nothing changes and {0, pending id} is returned, and the caller rebuilds and calls again.
 --
 -- KEYS[1] unique key (STRING id, or HASH id/body for debounce)   KEYS[2] ready LIST (its priority)
--- KEYS[3] delayed ZSET   KEYS[4] wake LIST   KEYS[5] events STREAM   KEYS[6] queues SET
+-- KEYS[3] delayed ZSET   KEYS[4] wake LIST   KEYS[5] events STREAM (the queue's)
 -- ARGV[1] envelope   ARGV[2] task id   ARGV[3] task name   ARGV[4] window ms
 -- ARGV[5] due ms ('' = now; debounce always delays by the window)   ARGV[6] debounce 0/1
 -- ARGV[7] events maxlen (0: none)   ARGV[8] queue name
@@ -24,7 +24,6 @@ local now = ot_now()
 local function sent(due)
   redis.pcall('LPUSH', KEYS[4], '1')
   redis.pcall('LTRIM', KEYS[4], 0, 63)
-  redis.pcall('SADD', KEYS[6], ARGV[8])
   if tonumber(ARGV[7]) > 0 then
     local fields = {'i', id, 'n', ARGV[3], 'q', ARGV[8]}
     if due then
