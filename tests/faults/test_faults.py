@@ -462,7 +462,7 @@ def test_keys_and_memory_stay_bounded(start_worker: WorkerFactory, r: redis.Redi
     keys, qk = apps.app.keys, queue_keys()
     fixed = {keys.events, qk.events, keys.queues, keys.workers, qk.consumers, qk.wake, apps.RUNS}
     fixed |= {keys.worker_status(w.decode()) for w in r.zrange(keys.workers, 0, -1)}  # 1 each
-    result_key = re.compile(re.escape(qk.result("")) + "[0-9a-f]{32}$")
+    result_key = re.compile(re.escape(qk.result("")) + "[A-Za-z0-9_-]{22}$")
 
     def settle() -> int:
         wait_for(lambda: r.dbsize() <= len(fixed), RESULT_TTL_S + 5, "the results to expire")
