@@ -460,9 +460,12 @@ class Executor:
         return Ack(queue, body, envelope.id, result, event, [*extra, *self._release(envelope.id)])
 
     def _success_signals(self, request: Request, value: Any, runtime: float) -> None:
+        signals = self.app.signals
+        if not (signals.task_success.has_receivers or signals.task_postrun.has_receivers):
+            return  # the common case: no Outcome to build per task
         outcome = Outcome(request, TaskState.SUCCESS.value, result=value, runtime_s=runtime)
-        self.app.signals.task_success.send(outcome)
-        self.app.signals.task_postrun.send(outcome)
+        signals.task_success.send(outcome)
+        signals.task_postrun.send(outcome)
 
     def _limits(self, task: Task[Any, Any], envelope: Envelope) -> tuple[float | None, ...]:
         """The hard and soft time limits of a run: per call, else the task's, else the app's."""
