@@ -90,7 +90,10 @@ class Child:
         self.worker = worker
         self.parent_pid = parent_pid
         self._stopping = False
-        self._busy = False
+        # Busy until the loop starts: a SIGTERM that comes while the child is still starting
+        # (its supervisor stopping as it forked it) then ends it cleanly instead of raising
+        # _Stop outside the loop.
+        self._busy = True
         self._next_queue = 0
 
     def run(self) -> None:
@@ -155,6 +158,7 @@ class Child:
         queue = self.queues[0]
         runner = executor.runner
         prefetch = self._prefetch(executor)
+        self._busy = False
         batch = 1  # tasks per claim: grows while they are async, back to 1 at a sync one
         while not self._stopping and not self._recycle_due():
             if runner is not None and not runner.reserved:

@@ -198,10 +198,10 @@ class Supervisor:
             self._enforce()
             self._note_runs()
             self._reap(respawn=ctx)
-            self._spawn_due(ctx)
-            if self._signals:
+            if self._signals:  # before any respawn: no child is forked to be stopped at once
                 self._shutdown()
                 return
+            self._spawn_due(ctx)
             now = time.monotonic()
             if now >= next_renew:
                 # A failed renewal is tried again next tick, not a third of a lease later.
