@@ -6,7 +6,8 @@
   from the first task done to the last (as the harness's drain), for C in ``--concurrency``
   (the scaling curve), for sync tasks with the defaults, sync tasks with ``--prefetch 10``,
   async tasks whose body blocks the loop (the harness's INCR through a sync client) and async
-  tasks that await an asyncio INCR. The raw row is C plain processes looping BRPOP + INCR.
+  tasks that await an asyncio INCR. The raw row is C plain processes running the shared
+  harness's raw loop (BRPOP, decode the JSON, INCR).
 - start-up: seconds from starting the worker to its first task done (the sync rows).
 - memory: Redis ``used_memory`` growth per queued task with ``--memory-n`` tasks queued, no
   worker (omnitask through ``delay_many``; raw: the harness's JSON through LPUSH).
@@ -42,12 +43,14 @@ KINDS = {
     "async": ("benchmarks.drain_async_app", "anoop", ()),
     "async-io": ("benchmarks.drain_async_app", "anoop_io", ()),
 }
+# The shared harness's raw worker, the same loop: BRPOP with a timeout, decode the JSON, INCR.
 RAW_WORKER = (
-    "import os, redis\n"
+    "import json, os, redis\n"
     "r = redis.Redis.from_url(os.environ['OMNITASK_BROKER_URL'])\n"
     "while True:\n"
-    "    r.brpop('raw:q')\n"
-    "    r.incr('bench:done')\n"
+    "    item = r.brpop('raw:q', timeout=1)\n"
+    "    if item is not None and json.loads(item[1])['f'] == 'noop':\n"
+    "        r.incr('bench:done')\n"
 )
 DEADLINE_S = 300
 
