@@ -375,6 +375,17 @@ def _result_of(node: Node, app: OmniTask) -> AsyncResult[Any] | GroupResult:
     return _result_of(node.body, app)
 
 
+def _first_signature(node: Node) -> Signature[Any] | None:
+    """The first task ``node`` runs (a group's first member), or None for an empty group."""
+    if isinstance(node, Signature):
+        return node
+    if isinstance(node, Chain | Group):
+        return _first_signature(node.nodes[0]) if node.nodes else None
+    return _first_signature(node.header) or (
+        _first_signature(node.body) if node.body is not None else None
+    )
+
+
 def _targets(node: Node, app: OmniTask) -> list[list[str]]:
     """``[id, queue]`` of every task in ``node``."""
     if isinstance(node, Signature):
@@ -440,7 +451,13 @@ class Plan:
         self.app.broker.send_commands(self.commands(), ids, self.queues)
 
     def register(self) -> list[cmd.Command]:
-        """:meth:`commands`, once the queues they send to are in the app's set of queues."""
+        """:meth:`commands`, once the queues they send to are in the app's set of queues.
+
+        Raises:
+            ConfigurationError: On a Redis Cluster, they span several queues (the step that
+                carries them would be refused by Redis, again and again).
+        """
+        _check_one_slot(self.app, self.queues)
         self.app.broker.register_queues(self.queues)
         return self.commands()
 
@@ -480,7 +497,15 @@ class Plan:
         if isinstance(body, Signature):
             callback, after = body, frames
         else:
-            callback = Signature(GATHER_TASK, app=self.app, options={"task_id": new_task_id()})
+            # On the queue of the tasks around it (the body's first, else the header's), not
+            # the default one: on a Redis Cluster a workflow's steps must stay on one queue,
+            # and on one server a worker of those tasks then runs it.
+            near = _first_signature(body) if body is not None else None
+            near = near or _first_signature(header)
+            options: OptionsLike = {"task_id": new_task_id()}
+            if near is not None:
+                options["queue"] = queue_of(self.app, near)
+            callback = Signature(GATHER_TASK, app=self.app, options=options)
             callback.id = callback.options["task_id"]
             after = ([["c", [_to_wire(body)]]] if body is not None else []) + frames
         gather: dict[str, Any] = {"g": [cid, n, callback.immutable]}
@@ -624,9 +649,9 @@ def on_success(
             plan.start(_from_wire(nodes[0], app), (value,), follow)
             out += plan.register()
         else:
-            _, cid, index, queue, _ = top
+            _, cid, index, chord_queue, _ = top
             ttl_ms = int(app.conf.result_ttl_s * 1000)
-            out.append(_join(app, cid, index, queue, record, ttl_ms))
+            out.append(_join(app, cid, index, chord_queue, record, ttl_ms))
     if "g" in canvas:
         # The callback ran: its chord goes soon, not at once, so that a second run of the
         # callback (its worker's lease lapsed) still finds the header's results.

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 import redis
@@ -203,7 +204,7 @@ class Broker:
         self._redis: Client | None = None
         self._results: Client | None = None
         self._known_queues: set[str] = set()
-        self._slots_read = 0.0
+        self._slots_read: dict[int, float] = {}  # id of a cluster client -> when read
         self._on_cluster = is_cluster_url(config.broker_url)
 
     @property
@@ -259,15 +260,27 @@ class Broker:
         have died and a replica taken its slots over, or the slot moved. redis-py's own
         commands do this by themselves; those sent past it must ask.
         """
-        client = self._redis
         now = time.monotonic()
-        if not isinstance(client, RedisCluster) or now - self._slots_read < SLOTS_REFRESH_S:
-            return
-        self._slots_read = now
+        # The broker's, and the result backend's when it is another cluster.
+        for client in {id(c): c for c in (self._redis, self._results) if c is not None}.values():
+            if not isinstance(client, RedisCluster):
+                continue
+            if now - self._slots_read.get(id(client), 0.0) < SLOTS_REFRESH_S:
+                continue
+            self._slots_read[id(client)] = now
+            try:
+                client.nodes_manager.initialize()
+            except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
+                logger.warning("could not read the cluster's slots error=%s", exc)
+
+    @contextlib.contextmanager
+    def _following_slots(self) -> Iterator[None]:
+        """Read the slot map again when a step sent to a master directly failed, and re-raise."""
         try:
-            client.nodes_manager.initialize()
-        except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
-            logger.warning("could not read the cluster's slots error=%s", exc)
+            yield
+        except (*SLOTS_REFUSED, redis.ConnectionError, redis.TimeoutError):
+            self.refresh_slots()
+            raise
 
     def same_slot(self, queues: Sequence[str]) -> bool:
         """Whether one step may touch the keys of all of ``queues`` (always, off a cluster)."""
@@ -301,7 +314,7 @@ class Broker:
     ) -> Any:
         target = self.node(keys[0], client)
         command = ("EVALSHA", script.sha, len(keys), *keys, *args)
-        try:
+        with self._following_slots():
             try:
                 return _run_one(target, command)
             except NoScriptError:
@@ -309,9 +322,6 @@ class Broker:
                 # forgot its script cache.
                 target.script_load(script.source)
                 return _run_one(target, command)
-        except (*SLOTS_REFUSED, redis.ConnectionError, redis.TimeoutError):
-            self.refresh_slots()
-            raise
 
     def load_scripts(self) -> None:
         """Load every script into the broker's script cache (each master's, on a cluster)."""
@@ -351,11 +361,8 @@ class Broker:
         raise. When only a later one failed (an event not published), the step happened:
         log it rather than raise, since running the step again would repeat what applied.
         """
-        try:
+        with self._following_slots():
             replies = _run_multi(client, commands)
-        except (*SLOTS_REFUSED, redis.ConnectionError, redis.TimeoutError):
-            self.refresh_slots()
-            raise
         limit = len(replies) if essential is None else essential
         for i, reply in enumerate(replies):
             if isinstance(reply, Exception):
@@ -942,10 +949,11 @@ class Broker:
     def read_state(self, task_id: str, queue: str) -> tuple[bytes | None, bytes | None]:
         """Return the final result record and the latest non-final state record, if any."""
         qk = self.keys.queue(queue)
-        pipe = self.node(qk.result(task_id), self.results).pipeline(transaction=False)
-        pipe.lindex(qk.result(task_id), 0)
-        pipe.get(qk.state(task_id))
-        final, state = pipe.execute()
+        with self._following_slots():
+            pipe = self.node(qk.result(task_id), self.results).pipeline(transaction=False)
+            pipe.lindex(qk.result(task_id), 0)
+            pipe.get(qk.state(task_id))
+            final, state = pipe.execute()
         return final, state
 
     def wait_result(self, task_id: str, queue: str, timeout_s: float | None) -> bytes | None:
@@ -979,7 +987,9 @@ class Broker:
     def forget(self, task_id: str, queue: str) -> None:
         """Delete a task's result and state records."""
         qk = self.keys.queue(queue)
-        self.node(qk.result(task_id), self.results).delete(qk.result(task_id), qk.state(task_id))
+        with self._following_slots():
+            server = self.node(qk.result(task_id), self.results)
+            server.delete(qk.result(task_id), qk.state(task_id))
 
     def queue_lengths(self, queue: str) -> list[int]:
         """Ready tasks of ``queue`` per priority, index = priority."""

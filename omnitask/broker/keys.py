@@ -36,7 +36,7 @@ Keys of the app (hash tag ``{A}``):
 
 | key | type | holds | bound |
 |---|---|---|---|
-| ``P:{A}:events`` | STREAM | app-wide events: worker heartbeats, online and offline, revocations sent to every queue | ``events_maxlen`` (approx.) |
+| ``P:{A}:events`` | STREAM | app-wide events: worker heartbeats, online and offline (task events go to their queue's stream) | ``events_maxlen`` (approx.) |
 | ``P:{A}:queues`` | SET | names of the queues the app has used (each client adds a queue before its first send to it) | its queues |
 | ``P:{A}:beat:schedules`` | HASH | periodic schedule name -> its entry (msgpack, ``omnitask/schedules.py``) | one per schedule |
 | ``P:{A}:beat:fired`` | HASH | periodic schedule name -> the latest slot (unix ms) sent or skipped; a slot at or before it never runs again (``lua/fire.lua``) | one per schedule; deleted with it |

@@ -78,3 +78,13 @@ async def async_on_a(i: int) -> str:
 async def async_on_b(i: int) -> str:
     """An async task on ``q-b``."""
     return f"ab{i}"
+
+
+@app.task(queue="q-a")
+def add_a(x: int, y: int) -> int:
+    return x + y
+
+
+@app.task(queue="q-a")
+def sum_a(values: list[int]) -> int:
+    return sum(values)

@@ -133,6 +133,16 @@ def test_a_workflow_over_several_queues_is_refused() -> None:
     apps.on_a.apply_async((1,), link=apps.on_a.s())
 
 
+def test_a_group_joined_mid_chain_runs_on_the_chain_queue(start_worker: WorkerFactory) -> None:
+    from omnitask import chain, group
+
+    # The join of the group is a built-in task on the workflow's queue: the step that starts
+    # it stays in the queue's slot, and a worker of that queue alone finishes the chain.
+    start_worker("-Q", "q-a")
+    flow = chain(apps.add_a.s(1, 1), group(apps.add_a.s(10), apps.add_a.s(20)), apps.sum_a.s())
+    assert flow.delay().get(timeout=15) == 34
+
+
 def test_async_tasks_of_queues_on_two_masters(start_worker: WorkerFactory) -> None:
     start_worker("-Q", "q-a,q-b", concurrency=1)
     results = [t.delay(i) for i in range(30) for t in (apps.async_on_a, apps.async_on_b)]

@@ -52,6 +52,19 @@ def test_group_results_in_order() -> None:
     assert result.ready() and result.successful() and result.completed_count() == 10
 
 
+def test_a_group_joined_mid_chain_stays_on_the_chain_queue(start_worker: WorkerFactory) -> None:
+    # The group is joined by a built-in task: it runs on the workflow's queue, so a worker of
+    # that queue alone finishes the chain (and a Redis Cluster keeps it in one slot).
+    start_worker(APP, "-Q", "side")
+    side = {"queue": "side"}
+    flow = chain(
+        f.add.s(1, 1).set(**side),
+        group(f.add.s(10).set(**side), f.add.s(20).set(**side)),
+        f.tsum.s().set(**side),
+    )
+    assert flow.delay().get(timeout=10) == 34
+
+
 @pytest.mark.usefixtures("worker")
 def test_chords_join_once_with_every_result(r: redis.Redis) -> None:
     assert chord([f.add.s(i, i) for i in range(10)], f.tsum.s()).delay().get(timeout=5) == 90
@@ -60,7 +73,8 @@ def test_chords_join_once_with_every_result(r: redis.Redis) -> None:
     assert chord([], f.tsum.s()).delay().get(timeout=5) == 0  # nothing to wait for
     assert r.get("test:callback:a") == b"1"
     # Each chord's hash goes a few minutes after its callback succeeded, not a day later.
-    assert all(0 < int(r.pttl(k)) <= 300_000 for k in r.keys("ot:{tflows}:chord:*"))
+    chords = r.keys("ot:{tflows:*}:chord:*")
+    assert chords and all(0 < int(r.pttl(k)) <= 300_000 for k in chords)
 
 
 @pytest.mark.usefixtures("worker")
