@@ -19,7 +19,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.cluster_app import app, done_key  # noqa: E402
+from benchmarks.drain import time_drain  # noqa: E402
 from omnitask.broker.connect import cluster_client  # noqa: E402
 from omnitask.testing.cluster import RedisClusterSet  # noqa: E402
 
@@ -98,25 +98,16 @@ def run_one(masters: int, n: int) -> tuple[float, float]:
                 )
             )
         try:
-            first: tuple[float, int] | None = None
-            last: float | None = None
-            deadline = time.monotonic() + 300
-            while time.monotonic() < deadline:
+
+            def done() -> int:
                 pipe: Any = client.pipeline(transaction=False)  # type: ignore[no-untyped-call, unused-ignore]
                 for queue in queues:
                     pipe.get(done_key(queue))
-                done = sum(int(v or 0) for v in pipe.execute())
-                now = time.monotonic()
-                if done and first is None:
-                    first = (now, done)
-                if done >= n:
-                    last = now
-                    break
-                time.sleep(0.01)
-            if first is None or last is None:
-                raise RuntimeError(f"{masters} master(s): the drain did not finish")
+                return sum(int(v or 0) for v in pipe.execute())
+
+            rate, _ = time_drain(done, n, f"{masters} master(s)", poll_s=0.01)
             used = [b - a for a, b in zip(cpu_before, redis_cpu_s(cluster), strict=True)]
-            return (n - first[1]) / max(last - first[0], 1e-9), max(used) / max(sum(used), 1e-9)
+            return rate, max(used) / max(sum(used), 1e-9)
         finally:
             for worker in workers:
                 os.killpg(worker.pid, signal.SIGTERM)

@@ -34,6 +34,7 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.drain import time_drain  # noqa: E402
 from omnitask.testing.server import RedisServer  # noqa: E402
 
 # kind -> (app module, task, worker flags)
@@ -52,7 +53,6 @@ RAW_WORKER = (
     "    if item is not None and json.loads(item[1])['f'] == 'noop':\n"
     "        r.incr('bench:done')\n"
 )
-DEADLINE_S = 300
 
 
 def _env(url: str) -> dict[str, str]:
@@ -110,24 +110,15 @@ def drain(kind: str, n: int, concurrency: int) -> dict[str, Any]:
                                  stdout=subprocess.DEVNULL, start_new_session=True)
             ]  # fmt: skip
         try:
-            first: tuple[float, int] | None = None
-            last = None
-            while time.monotonic() < started + DEADLINE_S:
-                done = int(r.get("bench:done") or 0)
-                now = time.monotonic()
-                if done and first is None:
-                    first = (now, done)
-                if done >= n:
-                    last = now
-                    break
-                time.sleep(0.005)
-            if first is None or last is None:
-                raise RuntimeError(f"{kind} -c {concurrency}: the drain did not finish")
+            rate, startup = time_drain(
+                lambda: int(r.get("bench:done") or 0), n, f"{kind} -c {concurrency}",
+                started=started,
+            )  # fmt: skip
             row: dict[str, Any] = {
                 "kind": kind,
                 "concurrency": concurrency,
-                "rate": (n - first[1]) / max(last - first[0], 1e-9),
-                "startup_s": first[0] - started,
+                "rate": rate,
+                "startup_s": startup,
             }
             if kind != "raw":
                 supervisor = procs[0].pid
