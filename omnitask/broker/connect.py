@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, NamedTuple
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 import redis
 from redis.asyncio import Redis as AsyncRedis
@@ -93,12 +93,7 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     Raises:
         ValueError: The URL is not of that form; the message says what is wrong.
     """
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in SENTINEL_SCHEMES:
-        raise ValueError(f"not a {' or '.join(SENTINEL_SCHEMES)} URL")
-    userinfo, _, hosts = parts.netloc.rpartition("@")
-    user, has_password, password = userinfo.partition(":")
+    parts, scheme, hosts, username, password = _split_url(url, SENTINEL_SCHEMES)
     segments = [unquote(s) for s in parts.path.strip("/").split("/")] if parts.path else []
     if not segments or not segments[0] or len(segments) > 2:
         raise ValueError("the path must be /<master name> or /<master name>/<db>")
@@ -113,8 +108,8 @@ def parse_sentinel_url(url: str) -> SentinelURL:
         service_name=segments[0],
         db=db or 0,
         tls=scheme == "rediss+sentinel",
-        username=unquote(user) or None,
-        password=unquote(password) if has_password else None,
+        username=username,
+        password=password,
         sentinel_username=options.pop("sentinel_username", None),
         sentinel_password=options.pop("sentinel_password", None),
         options=options,
@@ -143,12 +138,7 @@ def parse_cluster_url(url: str) -> ClusterURL:
     Raises:
         ValueError: The URL is not of that form; the message says what is wrong.
     """
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in CLUSTER_SCHEMES:
-        raise ValueError(f"not a {' or '.join(CLUSTER_SCHEMES)} URL")
-    userinfo, _, hosts = parts.netloc.rpartition("@")
-    user, has_password, password = userinfo.partition(":")
+    parts, scheme, hosts, username, password = _split_url(url, CLUSTER_SCHEMES)
     if parts.path.strip("/"):
         raise ValueError("a Redis Cluster has one database: the URL takes no path")
     options = _url_options(parts.query)
@@ -157,9 +147,32 @@ def parse_cluster_url(url: str) -> ClusterURL:
     return ClusterURL(
         nodes=[_host_port(h, REDIS_PORT, "cluster node") for h in hosts.split(",")],
         tls=scheme == "rediss+cluster",
-        username=unquote(user) or None,
-        password=unquote(password) if has_password else None,
+        username=username,
+        password=password,
         options=options,
+    )
+
+
+def _split_url(
+    url: str, schemes: tuple[str, ...]
+) -> tuple[SplitResult, str, str, str | None, str | None]:
+    """The parts of a URL of several hosts: split, scheme, hosts, user name, password.
+
+    Raises:
+        ValueError: Its scheme is not one of ``schemes``.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in schemes:
+        raise ValueError(f"not a {' or '.join(schemes)} URL")
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    user, has_password, password = userinfo.partition(":")
+    return (
+        parts,
+        scheme,
+        hosts,
+        unquote(user) or None,
+        unquote(password) if has_password else None,
     )
 
 
