@@ -14,12 +14,11 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 
 import redis
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
-from omnitask.testing.server import RedisServer, _free_port
+from omnitask.testing.server import RedisServer, TempProcesses, _free_port
 
 __all__ = ("ClusterNodeServer", "RedisClusterSet")
 
@@ -59,7 +58,7 @@ class ClusterNodeServer(RedisServer):
             return str(client.execute_command("CLUSTER", "MYID").decode())
 
 
-class RedisClusterSet:
+class RedisClusterSet(TempProcesses):
     """A Redis Cluster of ``masters`` masters, each with ``replicas`` replicas.
 
     Use as a context manager, or :meth:`start` and :meth:`cleanup`.
@@ -182,23 +181,8 @@ class RedisClusterSet:
         for node in self.nodes:
             node.stop()
 
-    def cleanup(self) -> None:
-        """Stop every node and delete the temporary directories."""
-        self.stop()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-
     def __enter__(self) -> RedisClusterSet:
         return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
 
 
 def _state_ok(node: ClusterNodeServer) -> bool:

