@@ -20,15 +20,19 @@ from tests.conftest import WorkerProcess
 WorkerFactory = Callable[..., WorkerProcess]
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[RedisClusterSet]:
-    nodes = RedisClusterSet(3)
+def running(nodes: RedisClusterSet) -> Iterator[RedisClusterSet]:
+    """Start ``nodes`` for a fixture, failing the tests if redis-server is missing."""
     try:
         nodes.start()
     except RedisServerNotFound as exc:
         pytest.fail(str(exc), pytrace=False)
     yield nodes
     nodes.cleanup()
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisClusterSet]:
+    yield from running(RedisClusterSet(3))
 
 
 @pytest.fixture(autouse=True)

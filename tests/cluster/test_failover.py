@@ -18,10 +18,9 @@ import pytest
 import redis
 
 from omnitask.errors import BrokerUnavailable
-from omnitask.testing import RedisServerNotFound
 from omnitask.testing.cluster import RedisClusterSet
 from tests.cluster import apps
-from tests.cluster.conftest import WorkerFactory
+from tests.cluster.conftest import WorkerFactory, running
 
 pytestmark = pytest.mark.process
 
@@ -34,13 +33,7 @@ KILL_AT_S = 1.0
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[RedisClusterSet]:
     """This module's own cluster: every master has a replica to fail over to."""
-    nodes = RedisClusterSet(3, replicas=1, node_timeout_ms=NODE_TIMEOUT_MS)
-    try:
-        nodes.start()
-    except RedisServerNotFound as exc:
-        pytest.fail(str(exc), pytrace=False)
-    yield nodes
-    nodes.cleanup()
+    yield from running(RedisClusterSet(3, replicas=1, node_timeout_ms=NODE_TIMEOUT_MS))
 
 
 def _promoted(cluster: RedisClusterSet, old_port: int) -> bool:
