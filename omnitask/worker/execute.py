@@ -410,26 +410,41 @@ class Executor:
         if not acks:
             return None
         queue = acks[0].queue
+
+        def send(pending: list[Ack]) -> tuple[list[bool], Claim | None]:
+            with self.lock:  # it claims too: see __init__
+                held = self._held.get(queue, 0)
+                return self.broker.ack_batch(queue, self.consumer, pending, claim_next, held)
+
+        held, claim = self._ack_once(acks, send)
+        for ack, was_held in zip(acks, held, strict=True):
+            if not was_held:
+                _warn_not_held(ack.task_id)
+        return claim
+
+    def _ack_once(
+        self, acks: list[Ack], send: Callable[[list[Ack]], tuple[list[bool], Claim | None]]
+    ) -> tuple[list[bool], Claim | None]:
+        """``send(acks)``, retried while Redis is unreachable, never acknowledging one twice.
+
+        A try whose reply was lost may have applied: the next one sends only the acks whose
+        envelope the consumer still holds (the rest are done, or went elsewhere when their
+        lease lapsed), so nothing that follows a task is queued twice. Returns, per ack,
+        whether it was still held (True for one a lost try had done), and ``send``'s claim.
+        """
         tries = 0
 
         def step() -> tuple[list[bool], Claim | None]:
             nonlocal tries
             tries += 1
-            pending = acks
-            if tries > 1:
-                # A try before this one lost its reply and may have applied: ack only what
-                # is still held (the rest is done, or went elsewhere when its lease lapsed).
-                pending = [a for a in acks if self.broker.holds(a.queue, self.consumer, a.body)]
-            with self.lock:  # it claims too: see __init__
-                held = self._held.get(queue, 0)
-                return self.broker.ack_batch(queue, self.consumer, pending, claim_next, held)
+            if tries == 1:
+                return send(acks)
+            held = [self.broker.holds(a.queue, self.consumer, a.body) for a in acks]
+            done, claim = send([a for a, h in zip(acks, held, strict=True) if h])
+            was = iter(done)
+            return [next(was) if h else True for h in held], claim
 
-        held, claim = self._io(step)
-        if tries == 1:
-            for ack, was_held in zip(acks, held, strict=True):
-                if not was_held:
-                    _warn_not_held(ack.task_id)
-        return claim  # type: ignore[no-any-return]
+        return self._io(step)  # type: ignore[no-any-return]
 
     def _success_ack(self, run: _Run, value: Any, runtime: float) -> Ack:
         """What acknowledges a successful run: its result record and task-succeeded event.
@@ -564,23 +579,13 @@ class Executor:
 
     def flush_acks(self, acks: list[Ack]) -> list[bool]:
         """Acknowledge finished async tasks in one step (from a worker thread)."""
-        tries = 0
 
-        def step() -> list[bool]:
-            nonlocal tries
-            tries += 1
-            if tries == 1:
-                return self.broker.ack_many(self.consumer, acks)
-            # A try before this one lost its reply: acknowledge only what is still held,
-            # so that nothing that follows a task is queued twice.
-            held = [self.broker.holds(a.queue, self.consumer, a.body) for a in acks]
-            pending = [a for a, h in zip(acks, held, strict=True) if h]
-            done = iter(self.broker.ack_many(self.consumer, pending) if pending else [])
-            return [next(done) if h else True for h in held]
+        def send(pending: list[Ack]) -> tuple[list[bool], None]:
+            return (self.broker.ack_many(self.consumer, pending) if pending else []), None
 
         with self.lock:
             try:
-                return self._io(step)  # type: ignore[no-any-return]
+                return self._ack_once(acks, send)[0]
             finally:
                 for ack in acks:
                     self._held[ack.queue] -= 1
