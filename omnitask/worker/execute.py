@@ -405,6 +405,8 @@ class Executor:
 
         Returns the claim, if one was made.
         """
+        if not self._deferred:
+            return None  # every claim and ack asks: without prefetch, nothing to lock
         with self._defer_lock:
             acks, self._deferred = self._deferred, []
         if not acks:
