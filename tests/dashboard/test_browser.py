@@ -85,6 +85,23 @@ def css(driver: Any, selector: str) -> list[Any]:
     return list(driver.find_elements(By.CSS_SELECTOR, selector))
 
 
+def click(driver: Any, selector: str) -> None:
+    """Click the first match of `selector`, found again if a refresh replaced it meanwhile."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    def clicked(d: Any) -> bool:
+        found = css(d, selector)
+        if not found:
+            return False
+        try:
+            found[0].click()
+        except StaleElementReferenceException:
+            return False
+        return True
+
+    until(driver, clicked, f"{selector!r} to be clicked")
+
+
 def text_of(driver: Any, selector: str) -> str:
     found = css(driver, selector)
     return str(found[0].text) if found else ""
@@ -113,22 +130,22 @@ def test_dashboard_in_a_browser(
     assert browser.execute_script("return document.getElementById('chart-throughput').width") > 0
 
     # Queues.
-    css(browser, 'nav a[data-page="queues"]')[0].click()
+    click(browser, 'nav a[data-page="queues"]')
     until(browser, lambda d: css(d, 'tr[data-queue="default"]'), "the default queue's row")
 
     # Tasks: the task sent above is listed; its detail shows its result and timeline.
-    css(browser, 'nav a[data-page="tasks"]')[0].click()
+    click(browser, 'nav a[data-page="tasks"]')
     row = f'tr[data-task="{done.id}"]'
     until(browser, lambda d: css(d, row), "the task in the task list")
     assert "SUCCESS" in text_of(browser, row)
-    css(browser, f"{row} a")[0].click()
+    click(browser, f"{row} a")
     until(browser, lambda d: "3" in text_of(d, "#task-result"), "the task's result")
     assert "task-succeeded" in text_of(browser, "main table")
     # Searching by state keeps the form and finds the failed task.
-    css(browser, 'nav a[data-page="tasks"]')[0].click()
+    click(browser, 'nav a[data-page="tasks"]')
     state = until(browser, lambda d: css(d, '#task-search select[name="state"]'), "the search form")
     state[0].send_keys("FAILURE")
-    css(browser, '#task-search button[type="submit"]')[0].click()
+    click(browser, '#task-search button[type="submit"]')
     failed_row = f'tr[data-task="{broken.id}"]'
     until(
         browser,
@@ -144,7 +161,7 @@ def test_dashboard_in_a_browser(
     running = dash.hold.delay("report")
     wait_for(lambda: r.lrange("test:started", 0, -1) == [b"report"], what="hold to start")
     css(browser, "#task-search select")[0].send_keys("any state")
-    css(browser, '#task-search button[type="submit"]')[0].click()
+    click(browser, '#task-search button[type="submit"]')
     until(browser, lambda d: len(css(d, "tr[data-task]")) > 20, "the task list to fill")
     time.sleep(1.2)  # one more tick of the chart, with the last tasks in it
     shot = tmp_path / "dashboard.png"
@@ -157,16 +174,20 @@ def test_dashboard_in_a_browser(
     assert running.get(timeout=10) == "report"
 
     # Dead letters: requeue from the page, through its confirmation dialog.
-    css(browser, 'nav a[data-page="dead-letters"]')[0].click()
+    click(browser, 'nav a[data-page="dead-letters"]')
     button = until(browser, lambda d: css(d, "button.requeue"), "the requeue button")
     assert "invoice-42" in text_of(browser, "main table")
+    # A refresh that brings the same letters leaves the page alone: the button stays the same node.
+    browser.execute_script("arguments[0].dataset.mark = 'seen'", button[0])
+    time.sleep(2.5)  # past one 2 s refresh of the view
+    assert css(browser, 'button.requeue[data-mark="seen"]'), "an unchanged refresh redrew the page"
     r.set("test:repaired", 1)
-    button[0].click()
+    click(browser, "button.requeue")
     until(browser, lambda d: not css(d, "#modal")[0].get_attribute("hidden"), "the dialog")
     assert text_of(browser, "#modal-text") == "Requeue 1 dead letter(s) from queue 'default'?"
     browser.save_screenshot(str(tmp_path / "dashboard-confirm.png"))
     assert app.dead_letters.count() == 1, "nothing is requeued before the confirmation"
-    css(browser, "#modal-ok")[0].click()
+    click(browser, "#modal-ok")
     until(browser, lambda d: "Requeued 1" in text_of(d, "#toast"), "the requeued message")
     wait_for(lambda: app.AsyncResult(broken.id).state == "SUCCESS", what="the requeued task to run")
     until(browser, lambda d: not css(d, "button.requeue"), "the dead letter to leave the list")

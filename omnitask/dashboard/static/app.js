@@ -295,6 +295,16 @@
 
   const views = {};
 
+  // A refresh that brings what the page already shows leaves it alone, so a button under the
+  // pointer, an open menu or a text selection survives the 2 s refresh. `view.shown` is cleared
+  // on navigation, when the page is emptied.
+  function unchanged(root, view, data) {
+    const key = JSON.stringify(data);
+    if (view.shown === key && root.childElementCount) return true;
+    view.shown = key;
+    return false;
+  }
+
   views.workers = {
     async render(root) {
       const workers = await getJSON("api/workers");
@@ -335,6 +345,7 @@
   views.queues = {
     async render(root) {
       const queues = await getJSON("api/queues");
+      if (unchanged(root, this, queues)) return;
       const rows = queues.map((q) =>
         h(
           "tr",
@@ -490,6 +501,7 @@
       const params = new URLSearchParams({ limit: "200" });
       if (this.queue) params.set("queue", this.queue);
       const data = await getJSON("api/dead-letters?" + params.toString());
+      if (unchanged(root, this, [this.queue, data])) return;
       const queues = Object.keys(data.counts);
       const select = h(
         "select",
@@ -566,13 +578,17 @@
     const r = route();
     if (changed) {
       document.querySelectorAll("nav a").forEach((a) => a.classList.toggle("active", a.dataset.page === r.nav));
-      if (current !== r.name) root.replaceChildren();
+      if (current !== r.name) {
+        root.replaceChildren();
+        r.view.shown = null;
+      }
       current = r.name;
     }
     try {
       await r.view.render(root, r.arg);
       root.dataset.view = r.name;
     } catch (e) {
+      r.view.shown = null;
       root.replaceChildren(h("p", { class: "note" }, e.status === 401 ? "Not authorized: open the dashboard with ?token=… or sign in." : "Could not load: " + e.message));
     } finally {
       busy = false;
