@@ -358,11 +358,12 @@ class Task(Generic[P, R]):
         """
         if self.unique is not None:  # each send checks its own key, in its own step
             return [self.apply_async(tuple(call_args)) for call_args in calls]
-        built = []
+        checked = []
         for call_args in calls:
             args = tuple(call_args)
             self.arguments.check(args, {})
-            built.append(Call.build(self.app, self, args, {}, {}))
+            checked.append(args)
+        built = Call.build_many(self.app, self, checked)
         if self.app.conf.eager:
             from omnitask.testing.eager import run_eager
 

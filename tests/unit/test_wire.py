@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import string
+
+import msgspec
 import pytest
 
+from omnitask import OmniTask
 from omnitask.broker.keys import Keyspace
 from omnitask.broker.scripts import SCRIPTS
 from omnitask.errors import MessageError
 from omnitask.messages import PROTOCOL_VERSION, Envelope, decode_envelope, encode_envelope
+from omnitask.producer import Call, new_task_ids
 
 
 @pytest.mark.parametrize("id_len", [1, 31, 32, 200])
@@ -46,3 +51,35 @@ def test_keys_share_hash_tags() -> None:
     assert keys.queues == "ot:{app}:queues"
     with pytest.raises(ValueError, match="queue name"):
         keys.queue("a{b}")
+
+
+@pytest.mark.parametrize("expires", [None, 60.0])
+def test_bulk_envelopes_are_the_single_ones(expires: float | None) -> None:
+    # Call.build_many writes the envelope from a tuple of its leading fields; it must be the
+    # bytes Call.build writes for the same call, trailing defaults trimmed alike.
+    app = OmniTask("wire", broker="redis://127.0.0.1:1/0")
+
+    @app.task(queue="reports", priority=3, expires=expires)
+    def render(page: int, title: str) -> None:
+        del page, title
+
+    calls = [(1, "one"), (2, "two")]
+    for call, args in zip(Call.build_many(app, render, calls), calls, strict=True):
+        one = Call.build(app, render, args, {}, {"task_id": call.task_id})
+        assert call.queue == one.queue == "reports"
+        assert call.item[1:] == one.item[1:]
+        many_env, one_env = decode_envelope(call.item[0]), decode_envelope(one.item[0])
+        assert call.item[0] == encode_envelope(many_env)  # trailing defaults trimmed alike
+        assert abs(many_env.sent_ms - one_env.sent_ms) < 1000
+        shift = one_env.sent_ms - many_env.sent_ms
+        if expires is not None:
+            assert many_env.expires_ms is not None
+            many_env = msgspec.structs.replace(many_env, expires_ms=many_env.expires_ms + shift)
+        assert msgspec.structs.replace(many_env, sent_ms=one_env.sent_ms) == one_env
+
+
+def test_bulk_task_ids() -> None:
+    ids = new_task_ids(1000)
+    assert len(set(ids)) == 1000
+    alphabet = set(string.ascii_letters + string.digits + "-_")
+    assert all(len(i) == 22 and set(i) <= alphabet for i in ids)
