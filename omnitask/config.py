@@ -97,7 +97,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
         max_deliveries: A task whose worker process died this many times while running it is
             dead-lettered instead of delivered again (a poison pill).
         events: Publish lifecycle events to the event stream.
-        events_maxlen: Approximate number of events kept in the stream.
+        events_maxlen: Approximate number of entries kept in each event stream (a bulk
+            send's task-sent entry holds up to 100 tasks).
         dead_letter_maxlen: Approximate number of dead letters kept per queue.
         dead_letter_max_age_s: Dead letters older than this are dropped when new ones arrive.
         worker_concurrency: Child processes per worker; 0 means one per CPU.

@@ -4,12 +4,15 @@ Every state change publishes its event in the same atomic step as the change its
 stream and the state never disagree. A task's events go to its queue's stream, the workers'
 to the app's; readers merge them by entry id. Each stream keeps about ``events_maxlen``
 entries; an event's time is its stream entry id (milliseconds), so it costs no field of its
-own.
+own. A bulk send's task-sent events share entries of up to 100 tasks (:func:`events_of`
+expands them), so the streams keep more events than entries.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +24,15 @@ from omnitask.messages import ms_to_datetime
 if TYPE_CHECKING:
     from omnitask.app import OmniTask
 
-__all__ = ("Event", "EventKind", "EventStream", "event_keys", "read_after", "stream_order")
+__all__ = (
+    "Event",
+    "EventKind",
+    "EventStream",
+    "event_keys",
+    "events_of",
+    "read_after",
+    "stream_order",
+)
 
 
 class EventKind(str, enum.Enum):
@@ -107,6 +118,24 @@ class Event:
         return out
 
 
+def events_of(entry_id: bytes, raw: dict[bytes, bytes]) -> list[Event]:
+    """The events one stream entry holds, as redis-py returns the entry.
+
+    One, except for a bulk send's task-sent entry, which holds several tasks of one name,
+    queue and eta: its field ``is`` is a JSON array of their ids, and each becomes an event of
+    its own (sharing the entry's ``stream_id``).
+    """
+    ids = raw.get(b"is")
+    try:
+        task_ids = None if ids is None else json.loads(ids)
+    except ValueError:
+        task_ids = None  # not written by omnitask: kept as a field, as any unknown one
+    if not isinstance(task_ids, list):
+        return [Event.from_entry(entry_id, raw)]
+    shared = Event.from_entry(entry_id, {k: v for k, v in raw.items() if k != b"is"})
+    return [dataclasses.replace(shared, task_id=str(task_id)) for task_id in task_ids]
+
+
 def stream_order(stream_id: str | bytes) -> tuple[int, int]:
     """A stream id as ``(ms, seq)``: the order in which events of several streams merge."""
     text = stream_id.decode() if isinstance(stream_id, bytes) else stream_id
@@ -167,7 +196,8 @@ class EventStream:
         entries.sort(key=lambda e: stream_order(e[0]))
         if count is not None:
             entries = entries[-count:] if count else []
-        return [Event.from_entry(eid, fields) for eid, fields in entries]
+        events = [event for eid, fields in entries for event in events_of(eid, fields)]
+        return events if count is None else events[len(events) - count :]
 
     def follow(
         self, *, replay: bool = False, timeout_s: float | None = None, after: str | None = None
@@ -221,7 +251,7 @@ class EventStream:
                 if not entries:
                     time.sleep(POLL_S)
             for _, eid, raw in entries:
-                yield Event.from_entry(eid, raw)
+                yield from events_of(eid, raw)
             if entries:
                 quiet_since = time.monotonic()
             elif timeout_s is not None and time.monotonic() - quiet_since >= timeout_s:

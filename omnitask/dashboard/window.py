@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from omnitask.events import Event, event_keys, read_after, stream_order
+from omnitask.events import Event, event_keys, events_of, read_after, stream_order
 
 if TYPE_CHECKING:
     from omnitask.app import OmniTask
@@ -116,7 +116,9 @@ class EventWindow:
         new: list[tuple[str, Event]] = []
         while len(new) < _READ_MAX:
             page = read_after(redis, self._last, _PAGE)
-            new += ((key, Event.from_entry(entry_id, raw)) for key, entry_id, raw in page)
+            new += (
+                (key, event) for key, entry_id, raw in page for event in events_of(entry_id, raw)
+            )
             if len(page) < _PAGE:
                 break
         return new

@@ -11,6 +11,7 @@ from omnitask import OmniTask
 from omnitask.broker.keys import Keyspace
 from omnitask.broker.scripts import SCRIPTS
 from omnitask.errors import MessageError
+from omnitask.events import events_of
 from omnitask.messages import PROTOCOL_VERSION, Envelope, decode_envelope, encode_envelope
 from omnitask.producer import Call, new_task_ids
 
@@ -83,3 +84,12 @@ def test_bulk_task_ids() -> None:
     assert len(set(ids)) == 1000
     alphabet = set(string.ascii_letters + string.digits + "-_")
     assert all(len(i) == 22 and set(i) <= alphabet for i in ids)
+
+
+def test_an_is_field_not_written_by_omnitask_stays_a_field() -> None:
+    [event] = events_of(b"5-0", {b"e": b"custom", b"is": b"not json"})
+    assert event.kind == "custom" and event.fields == {"is": "not json"}
+    assert [e.task_id for e in events_of(b"5-1", {b"e": b"task-sent", b"is": b'["a","b"]'})] == [
+        "a",
+        "b",
+    ]

@@ -51,16 +51,39 @@ local tokens = {}
 for i = 1, math.min(n, max) do tokens[i] = '1' end
 try('LPUSH', KEYS[2], unpack(tokens))
 try('LTRIM', KEYS[2], 0, max - 1)
+-- task-sent events: one entry per task of a lone send; a bulk send's tasks of one name and eta
+-- share entries of up to EVENT_CHUNK ids, field 'is' (a JSON array; readers expand it to one
+-- event per task). An XADD per task was three quarters of Redis's time in a bulk send.
+local EVENT_CHUNK = 100
 local maxlen = tonumber(ARGV[2])
 if maxlen > 0 then
+  local groups, order = {}, {}
   for i = 0, n - 1 do
     local at = 4 + 5 * i
-    if ARGV[at + 2] == '' then
-      try('XADD', KEYS[3], 'MAXLEN', '~', maxlen, '*', 'e', 'task-sent',
-          'i', ARGV[at + 3], 'n', ARGV[at + 4], 'q', ARGV[1])
-    else
-      try('XADD', KEYS[3], 'MAXLEN', '~', maxlen, '*', 'e', 'task-sent',
-          'i', ARGV[at + 3], 'n', ARGV[at + 4], 'q', ARGV[1], 'eta', ARGV[at + 2])
+    local name, eta = ARGV[at + 4], ARGV[at + 2]
+    local id = name .. '\0' .. eta
+    local group = groups[id]
+    if not group then
+      group = {name = name, eta = eta, ids = {}}
+      groups[id] = group
+      order[#order + 1] = group
+    end
+    group.ids[#group.ids + 1] = ARGV[at + 3]
+  end
+  for _, group in ipairs(order) do
+    local ids = group.ids
+    for first = 1, #ids, EVENT_CHUNK do
+      local last = math.min(first + EVENT_CHUNK - 1, #ids)
+      local fields = {'e', 'task-sent', 'i', ids[first]}
+      if last > first then
+        fields[3], fields[4] = 'is', cjson.encode({unpack(ids, first, last)})
+      end
+      fields[#fields + 1], fields[#fields + 2] = 'n', group.name
+      fields[#fields + 1], fields[#fields + 2] = 'q', ARGV[1]
+      if group.eta ~= '' then
+        fields[#fields + 1], fields[#fields + 2] = 'eta', group.eta
+      end
+      try('XADD', KEYS[3], 'MAXLEN', '~', maxlen, '*', unpack(fields))
     end
   end
 end
