@@ -98,7 +98,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             dead-lettered instead of delivered again (a poison pill).
         events: Publish lifecycle events to the event stream.
         events_maxlen: Approximate number of entries kept in each event stream (a bulk
-            send's task-sent entry holds up to 100 tasks).
+            send's task-sent entry holds up to 20 tasks).
         dead_letter_maxlen: Approximate number of dead letters kept per queue.
         dead_letter_max_age_s: Dead letters older than this are dropped when new ones arrive.
         worker_concurrency: Child processes per worker; 0 means one per CPU.

@@ -4,7 +4,7 @@ Every state change publishes its event in the same atomic step as the change its
 stream and the state never disagree. A task's events go to its queue's stream, the workers'
 to the app's; readers merge them by entry id. Each stream keeps about ``events_maxlen``
 entries; an event's time is its stream entry id (milliseconds), so it costs no field of its
-own. A bulk send's task-sent events share entries of up to 100 tasks (:func:`events_of`
+own. A bulk send's task-sent events share entries of up to 20 tasks (:func:`events_of`
 expands them), so the streams keep more events than entries.
 """
 
