@@ -190,11 +190,8 @@ class Call(NamedTuple):
             SerializationError: An argument cannot be serialized.
         """
         codec = get_serializer(task.serializer)
-        if (
-            app.signer is not None
-            or app.signals.before_publish.has_receivers
-            or codec.name == ("cloudpickle")
-        ):
+        hooks = app.signals.before_publish.has_receivers
+        if app.signer is not None or hooks or codec.name == "cloudpickle":
             return [cls.build(app, task, args, {}, {}) for args in calls]
         queue, priority, name = task.queue, task.priority, task.name
         app.keys.queue(queue)  # checks the name
