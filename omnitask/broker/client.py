@@ -60,6 +60,17 @@ Client = redis.Redis | RedisCluster
 SLOTS_REFUSED = (MovedError, AskError, ClusterDownError, TryAgainError)
 """A cluster's refusals of a command it did not run: the slot moved, or has no master yet."""
 
+REFUSALS = ("NOREPLICAS", "READONLY", "OOM", "MASTERDOWN", "MISCONF", "BUSY", "LOADING")
+"""Error codes of a server that is up but refuses writes for now (too few replicas in sync,
+a demoted master, maxmemory, a failed save, a long script, a load): nothing of the command
+applied, and waiting is the cure."""
+
+
+def refuses_writes(exc: Exception) -> bool:
+    """Whether ``exc`` is a server's refusal of a write for now (see :data:`REFUSALS`)."""
+    return str(exc).startswith(REFUSALS)
+
+
 SLOTS_REFRESH_S = 0.5
 """Shortest time between two reads of a cluster's slot map after errors."""
 

@@ -25,6 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from omnitask.broker.client import refuses_writes
 from omnitask.context import WorkerInfo
 from omnitask.worker.aio import AsyncRunner
 from omnitask.worker.execute import Executor
@@ -286,18 +287,25 @@ class Child:
         while True:
             try:
                 return step()
-            except (RedisConnectionError, RedisTimeoutError) as exc:
+            except RedisError as exc:
+                unreachable = isinstance(exc, (RedisConnectionError, RedisTimeoutError))
+                if not (unreachable or refuses_writes(exc)):
+                    # A server-side error (e.g. a wrong-type key) must not kill the child in a
+                    # tight loop; log it and slow down.
+                    logger.exception("redis error consumer=%s", self.consumer)
+                    time.sleep(1.0)
+                    continue
+                # An outage, or a server that refuses writes for now (min-replicas-to-write,
+                # a demoted master, maxmemory): warned about once, not with a traceback a second.
                 if not warned:
                     logger.warning(
-                        "redis unreachable, retrying consumer=%s error=%s", self.consumer, exc
+                        "redis %s, retrying consumer=%s error=%s",
+                        "unreachable" if unreachable else "refuses writes",
+                        self.consumer,
+                        exc,
                     )
                     warned = True
                 if os.getppid() != self.parent_pid:
                     raise _Stop from None
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
-            except RedisError:
-                # A server-side error (e.g. a wrong-type key) must not kill the child in a tight
-                # loop; log it and slow down.
-                logger.exception("redis error consumer=%s", self.consumer)
-                time.sleep(1.0)

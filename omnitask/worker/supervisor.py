@@ -36,7 +36,7 @@ from redis.exceptions import RedisError
 
 from omnitask import __version__, control
 from omnitask.broker import commands as cmd
-from omnitask.broker.client import Broker
+from omnitask.broker.client import Broker, refuses_writes
 from omnitask.context import WorkerInfo
 from omnitask.errors import TimeLimitExceeded
 from omnitask.messages import now_ms
@@ -390,7 +390,8 @@ class Supervisor:
                 result = step()
             except RedisError as exc:
                 if self._healthy_since is not None:
-                    logger.warning("redis unreachable step=%s error=%s", what, exc)
+                    state = "refuses writes" if refuses_writes(exc) else "unreachable"
+                    logger.warning("redis %s step=%s error=%s", state, what, exc)
                 self._healthy_since = None
                 if time.monotonic() >= deadline:
                     return None

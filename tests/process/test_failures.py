@@ -204,3 +204,21 @@ def test_final_states_cannot_be_set_by_hand() -> None:
         basic.crunch.update_state("SUCCESS", task_id="x")
     with pytest.raises(RuntimeError, match="not running here"):
         basic.crunch.progress(1, 2)
+
+
+def test_a_server_refusing_writes_is_waited_out_quietly(start_worker: WorkerFactory) -> None:
+    # min-replicas-to-write with no replica: every write is refused with NOREPLICAS. The child
+    # warns once and retries with backoff (it used to log a traceback every second), then runs
+    # tasks as soon as the server takes writes again.
+    from omnitask.testing import RedisServer
+
+    with RedisServer(extra_args=["--min-replicas-to-write", "1"]) as server:
+        worker = start_worker(url=server.url, ready=False)
+        wait_for(lambda: "refuses writes, retrying" in worker.output, what="the child's warning")
+        time.sleep(1.5)
+        redis.Redis.from_url(server.url).config_set("min-replicas-to-write", 0)
+        basic.app.close()
+        basic.app.configure(broker_url=server.url)
+        assert basic.add.delay(1, 2).get(timeout=10) == 3
+        assert worker.output.count("refuses writes, retrying") == 1, worker.output
+        assert "Traceback" not in worker.output, worker.output
