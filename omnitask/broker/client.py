@@ -158,6 +158,31 @@ def _run_one(client: redis.Redis, command: cmd.Command) -> Any:
         pool.release(conn)
 
 
+def _run_pipelined(client: redis.Redis, commands: Sequence[cmd.Command]) -> list[Any]:
+    """Send ``commands`` in one write; return their replies, an error reply as its exception.
+
+    Every reply is read, also after an error reply, so the connection stays in step.
+    """
+    pool = client.connection_pool
+    conn: Any = pool.get_connection()
+    try:
+        conn.send_packed_command(
+            [b"".join(map(_pack, commands))] if _pack else conn.pack_commands(commands)
+        )
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(conn.read_response())
+            except redis.ResponseError as exc:
+                replies.append(exc)
+    except BaseException:
+        conn.disconnect()
+        raise
+    finally:
+        pool.release(conn)
+    return replies
+
+
 def _failed_to_connect(exc: Exception) -> bool:
     """Whether redis-py failed while opening the connection, so nothing was sent (or applied).
 
@@ -593,6 +618,35 @@ class Broker:
         """
         keys, args = self._claim_args(self.keys.queue(queue), consumer, n, held)
         return _parse_claim(self._eval(CLAIM, keys, args))
+
+    def wait_and_claim(
+        self, queue: str, consumer: str, timeout_s: float, n: int = 1, held: int = 0
+    ) -> Claim:
+        """Block until a wake token of ``queue`` arrives or ``timeout_s`` passes, then claim.
+
+        One round trip: the claim is pipelined behind the BLPOP, and Redis runs a blocked
+        client's next command as soon as the BLPOP returns, so a task sent to an idle worker
+        is claimed the moment the worker wakes instead of one round trip later. The claim is
+        the one :meth:`claim` makes, also on a timeout (then it promotes due delayed tasks,
+        as the claim after an idle wait always did). A claim whose reply is lost (the
+        connection broke, or a stop signal interrupted the wait) is returned again by the
+        next one, from ``held`` on, or handed back when the consumer's process exits.
+        """
+        qk = self.keys.queue(queue)
+        keys, args = self._claim_args(qk, consumer, n, held)
+        commands: list[cmd.Command] = [
+            ("BLPOP", qk.wake, max(timeout_s, 0.001)),
+            ("EVALSHA", CLAIM.sha, len(keys), *keys, *args),
+        ]
+        with self._following_slots():
+            woke, claimed = _run_pipelined(self.node(qk.wake), commands)
+            if isinstance(woke, Exception):
+                raise woke
+        if isinstance(claimed, NoScriptError):  # a restarted or promoted server: load it
+            return self.claim(queue, consumer, n, held)
+        if isinstance(claimed, Exception):
+            raise claimed
+        return _parse_claim(claimed)
 
     def ack(
         self,

@@ -169,8 +169,7 @@ class Child:
             if claim is not None and not claim.tasks:
                 # The ack's own claim found the queue empty (atomically): block right away
                 # instead of asking again; anything sent since then has left a wake token.
-                self._idle(claim)
-                claim = None
+                claim = self._idle(executor, claim, prefetch)
                 continue
             if claim is None:
                 n = min(batch, runner.reserved) if runner else prefetch
@@ -179,8 +178,7 @@ class Child:
                 # lost, and their tasks run again); it is seen before the next task runs.
                 queue, claim = self._unstoppable(partial(self._claim_any, executor, n))
                 if not claim.tasks:
-                    self._idle(claim)
-                    claim = None
+                    claim = self._idle(executor, claim, prefetch)
                     continue
             tasks, claim = claim.tasks, None
             for i, claimed in enumerate(tasks):
@@ -268,13 +266,22 @@ class Child:
         assert claim is not None
         return self.queues[0], claim._replace(next_due_ms=min(due, default=None))
 
-    def _idle(self, claim: Claim) -> None:
+    def _idle(self, executor: Executor, claim: Claim, prefetch: int) -> Claim | None:
+        """Wait for a wake token (or the first delayed task due); return the claim made then.
+
+        A child with one queue and no async tasks claims in the same round trip as the wait
+        (see ``Broker.wait_and_claim``); any other child returns None and claims after.
+        """
         if self._stopping:
-            return  # a SIGTERM came while busy: the loop ends instead of blocking
+            return None  # a SIGTERM came while busy: the loop ends instead of blocking
         wait = IDLE_WAIT_MAX_S
         if claim.next_due_ms is not None:
             wait = min(wait, max(claim.next_due_ms - claim.now_ms, 1) / 1000)
+        if len(self.queues) == 1 and executor.runner is None:
+            n = min(prefetch, self._quota())
+            return self._retrying(partial(executor.wait_and_claim, self.queues[0], wait, n))
         self._retrying(lambda: self.app.broker.wait_wake(self.queues, wait))
+        return None
 
     def _retrying(self, step: Callable[[], T]) -> T:
         """Run ``step``, retrying with backoff while Redis is unreachable.

@@ -142,6 +142,14 @@ class Executor:
         with self.lock:
             return self.broker.claim(queue, self.consumer, n, self._held.get(queue, 0))
 
+    def wait_and_claim(self, queue: str, timeout_s: float, n: int = 1) -> Claim:
+        """Wait for a wake token of ``queue`` (at most ``timeout_s``), then claim ``n`` tasks.
+
+        For a child without async tasks, whose in-flight count is known while it is idle.
+        """
+        self.flush_deferred()
+        return self.broker.wait_and_claim(queue, self.consumer, timeout_s, n)
+
     def handle(self, queue: str, claimed: Claimed, claim_next: int) -> Claim | None:
         """Run one claimed message to its outcome; return the next claim if one was made."""
         try:

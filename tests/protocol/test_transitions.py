@@ -384,3 +384,29 @@ def test_revoke_on_a_separate_result_backend(redis_url: str, r: redis.Redis) -> 
             b"revoked"
         ]
     app.close()
+
+
+def test_wait_and_claim_claims_as_the_wake_token_lands(app: OmniTask, r: redis.Redis) -> None:
+    import threading
+
+    sender = threading.Timer(0.2, send, (app, 7))
+    sender.start()
+    started = time.monotonic()
+    claim = app.broker.wait_and_claim("default", "c1", timeout_s=5.0)
+    sender.join()
+    assert 0.15 < time.monotonic() - started < 2.0
+    assert [int(decode_envelope(t.body).payload[2]) for t in claim.tasks] == [7]
+    assert r.llen(default_keys(app).proc("c1")) == 1
+
+
+def test_wait_and_claim_on_timeout_is_a_plain_claim(app: OmniTask, r: redis.Redis) -> None:
+    later = send(app, 1, countdown=30)
+    r.delete(default_keys(app).wake)  # its wake token: no task is ready
+    r.script_flush()  # as after a restart: the pipelined claim loads the script again
+    started = time.monotonic()
+    claim = app.broker.wait_and_claim("default", "c1", timeout_s=0.1)
+    assert 0.09 < time.monotonic() - started < 1.0
+    assert claim.tasks == [] and claim.next_due_ms is not None
+    assert 29_000 < claim.next_due_ms - claim.now_ms <= 30_000
+    assert r.zscore(default_keys(app).consumers, "c1") is not None  # the lease was refreshed
+    assert later  # still delayed, not claimed
