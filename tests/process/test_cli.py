@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -132,3 +134,34 @@ def test_password_protected_redis(start_worker: object) -> None:
         finally:
             basic.app.close()
             worker.kill()
+
+
+def test_run_sh_sets_up_a_fresh_clone(tmp_path: Path) -> None:
+    # The README's first command, on a copy of the repository without .venv: it must install
+    # omnitask before the demo (it once skipped the install because "import omnitask" found
+    # the source folder) and run the demo on a private Redis.
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
+    clone = tmp_path / "clone"
+    for name in filter(None, listed):
+        source = ROOT / name.decode()
+        if source.is_file():
+            (clone / name.decode()).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, clone / name.decode())
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMNITASK_", "VIRTUAL_ENV"))}
+    done = subprocess.run(
+        ["bash", "examples/run.sh", "--private-redis"],
+        cwd=clone,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "add.delay(1, 2).get() -> 3" in done.stdout
+    assert "worker stopped with exit code 0" in done.stdout
