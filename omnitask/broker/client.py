@@ -12,9 +12,13 @@ import redis
 from redis.cluster import RedisCluster
 from redis.exceptions import (
     AskError,
+    BusyLoadingError,
     ClusterDownError,
+    MasterDownError,
     MovedError,
     NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
     TryAgainError,
 )
 from redis.sentinel import MasterNotFoundError
@@ -60,6 +64,8 @@ Client = redis.Redis | RedisCluster
 SLOTS_REFUSED = (MovedError, AskError, ClusterDownError, TryAgainError)
 """A cluster's refusals of a command it did not run: the slot moved, or has no master yet."""
 
+_REFUSAL_CLASSES = (ReadOnlyError, OutOfMemoryError, MasterDownError, BusyLoadingError)
+
 REFUSALS = ("NOREPLICAS", "READONLY", "OOM", "MASTERDOWN", "MISCONF", "BUSY", "LOADING")
 """Error codes of a server that is up but refuses writes for now (too few replicas in sync,
 a demoted master, maxmemory, a failed save, a long script, a load): nothing of the command
@@ -68,7 +74,10 @@ applied, and waiting is the cure."""
 
 def refuses_writes(exc: Exception) -> bool:
     """Whether ``exc`` is a server's refusal of a write for now (see :data:`REFUSALS`)."""
-    return str(exc).startswith(REFUSALS)
+    # redis-py strips the code from the message of the errors it has classes for (READONLY,
+    # OOM, MASTERDOWN ...) and keeps it in status_code; the others keep it in the message.
+    code = getattr(exc, "status_code", None) or str(exc).partition(" ")[0]
+    return code in REFUSALS or isinstance(exc, _REFUSAL_CLASSES)
 
 
 SLOTS_REFRESH_S = 0.5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 
@@ -206,17 +207,31 @@ def test_final_states_cannot_be_set_by_hand() -> None:
         basic.crunch.progress(1, 2)
 
 
-def test_a_server_refusing_writes_is_waited_out_quietly(start_worker: WorkerFactory) -> None:
-    # min-replicas-to-write with no replica: every write is refused with NOREPLICAS. The child
-    # warns once and retries with backoff (it used to log a traceback every second), then runs
-    # tasks as soon as the server takes writes again.
+@pytest.mark.parametrize("refusal", ["NOREPLICAS", "OOM", "READONLY"])
+def test_a_server_refusing_writes_is_waited_out_quietly(
+    refusal: str, start_worker: WorkerFactory
+) -> None:
+    # A server that is up but refuses every write: min-replicas-to-write with no replica,
+    # maxmemory below what it holds, a replica. The child warns once and retries with backoff
+    # (it used to log a traceback every second), then runs tasks once writes go through.
     from omnitask.testing import RedisServer
 
-    with RedisServer(extra_args=["--min-replicas-to-write", "1"]) as server:
+    with contextlib.ExitStack() as stack:
+        args = {"NOREPLICAS": ["--min-replicas-to-write", "1"], "OOM": ["--maxmemory", "1"]}
+        if refusal == "READONLY":
+            master = stack.enter_context(RedisServer())
+            args["READONLY"] = ["--replicaof", "127.0.0.1", str(master.port)]
+        server = stack.enter_context(RedisServer(extra_args=args[refusal]))
         worker = start_worker(url=server.url, ready=False)
         wait_for(lambda: "refuses writes, retrying" in worker.output, what="the child's warning")
         time.sleep(1.5)
-        redis.Redis.from_url(server.url).config_set("min-replicas-to-write", 0)
+        admin = redis.Redis.from_url(server.url)
+        if refusal == "READONLY":
+            admin.replicaof("NO", "ONE")
+        else:
+            admin.config_set(
+                {"NOREPLICAS": "min-replicas-to-write", "OOM": "maxmemory"}[refusal], 0
+            )
         basic.app.close()
         basic.app.configure(broker_url=server.url)
         assert basic.add.delay(1, 2).get(timeout=10) == 3
