@@ -649,13 +649,18 @@ class Broker:
         ]
         with self._following_slots():
             woke, claimed = _run_pipelined(self.node(qk.wake), commands)
-            if isinstance(woke, Exception):
-                raise woke
-        if isinstance(claimed, NoScriptError):  # a restarted or promoted server: load it
-            return self.claim(queue, consumer, n, held)
-        if isinstance(claimed, Exception):
-            raise claimed
-        return _parse_claim(claimed)
+            if isinstance(claimed, NoScriptError):  # a restarted or promoted server: load it
+                return self.claim(queue, consumer, n, held)
+            if isinstance(claimed, Exception):
+                raise woke if isinstance(woke, Exception) else claimed
+        claim = _parse_claim(claimed)
+        if isinstance(woke, Exception):
+            if not claim.tasks:
+                raise woke  # the caller slows down, as for a failed claim
+            # The claim ran all the same: what it took is this consumer's now, so it is
+            # returned, not left in the in-flight list until the process exits.
+            logger.warning("redis refused the wait for a wake token error=%s", woke)
+        return claim
 
     def ack(
         self,

@@ -279,7 +279,18 @@ class Child:
             wait = min(wait, max(claim.next_due_ms - claim.now_ms, 1) / 1000)
         if len(self.queues) == 1 and executor.runner is None:
             n = min(prefetch, self._quota())
-            return self._retrying(partial(executor.wait_and_claim, self.queues[0], wait, n))
+            tries = 0
+
+            def step() -> Claim:
+                nonlocal tries
+                tries += 1
+                if tries > 1:
+                    # The failed try's claim may have applied with its reply lost: claim at
+                    # once, which returns those tasks, instead of waiting for a token first.
+                    return executor.claim(self.queues[0], n)
+                return executor.wait_and_claim(self.queues[0], wait, n)
+
+            return self._retrying(step)
         self._retrying(lambda: self.app.broker.wait_wake(self.queues, wait))
         return None
 

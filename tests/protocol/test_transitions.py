@@ -410,3 +410,16 @@ def test_wait_and_claim_on_timeout_is_a_plain_claim(app: OmniTask, r: redis.Redi
     assert 29_000 < claim.next_due_ms - claim.now_ms <= 30_000
     assert r.zscore(default_keys(app).consumers, "c1") is not None  # the lease was refreshed
     assert later  # still delayed, not claimed
+
+
+def test_wait_and_claim_keeps_a_claim_made_after_a_refused_wait(
+    app: OmniTask, r: redis.Redis
+) -> None:
+    qk = default_keys(app)
+    r.set(qk.wake, "not a list")  # the BLPOP fails at once; the claim behind it runs anyway
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        app.broker.wait_and_claim("default", "c1", timeout_s=0.1)  # nothing claimed: raised
+    send(app, 3)
+    claim = app.broker.wait_and_claim("default", "c1", timeout_s=0.1)
+    assert [int(decode_envelope(t.body).payload[2]) for t in claim.tasks] == [3]
+    assert r.llen(qk.proc("c1")) == 1
