@@ -123,7 +123,8 @@ def events_of(entry_id: bytes, raw: dict[bytes, bytes]) -> list[Event]:
 
     One, except for a bulk send's task-sent entry, which holds several tasks of one name,
     queue and eta: its field ``is`` is a JSON array of their ids, and each becomes an event of
-    its own (sharing the entry's ``stream_id``).
+    its own. Their ``stream_id`` is the entry's id with ``#k`` (k from 0) for every one but the
+    last, which has the entry's id: so each is a position to resume after (``follow(after=)``).
     """
     ids = raw.get(b"is")
     try:
@@ -133,14 +134,31 @@ def events_of(entry_id: bytes, raw: dict[bytes, bytes]) -> list[Event]:
     if not isinstance(task_ids, list):
         return [Event.from_entry(entry_id, raw)]
     shared = Event.from_entry(entry_id, {k: v for k, v in raw.items() if k != b"is"})
-    return [dataclasses.replace(shared, task_id=str(task_id)) for task_id in task_ids]
+    last = len(task_ids) - 1
+    return [
+        dataclasses.replace(
+            shared,
+            task_id=str(task_id),
+            stream_id=shared.stream_id if k == last else f"{shared.stream_id}#{k}",
+        )
+        for k, task_id in enumerate(task_ids)
+    ]
 
 
-def stream_order(stream_id: str | bytes) -> tuple[int, int]:
-    """A stream id as ``(ms, seq)``: the order in which events of several streams merge."""
+_WHOLE = 1 << 31
+"""The place of an entry's own id among the ``#k`` positions of its events: after all of them."""
+
+
+def stream_order(stream_id: str | bytes) -> tuple[int, int, int]:
+    """A stream id (or an event's ``id#k``) as ``(ms, seq, k)``: the order of merged events.
+
+    An entry's own id sorts after the ``#k`` positions of the events it holds, since resuming
+    after it means after all of them.
+    """
     text = stream_id.decode() if isinstance(stream_id, bytes) else stream_id
+    text, _, k = text.partition("#")
     ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
+    return int(ms), int(seq or 0), int(k) if k else _WHOLE
 
 
 def event_keys(app: OmniTask) -> list[str]:
@@ -212,11 +230,18 @@ class EventStream:
             timeout_s: Stop after this many seconds without a new event (None: never stop).
             after: Resume after this stream id (an :attr:`Event.stream_id`).
         """
+        skip = None
         if after is None:
             last = dict.fromkeys(event_keys(self._app), "0-0") if replay else self._newest()
+        elif "#" in after:
+            # Within a shared entry: read that entry again and skip its events up to `after`.
+            skip = stream_order(after)
+            ms, seq, _ = skip
+            before = f"{ms}-{seq - 1}" if seq else f"{ms - 1}-{(1 << 64) - 1}"
+            last = dict.fromkeys(event_keys(self._app), before)
         else:
             last = dict.fromkeys(event_keys(self._app), after)
-        return self._follow(last, timeout_s)
+        return self._follow(last, timeout_s, skip)
 
     def _newest(self) -> dict[str, str]:
         keys = event_keys(self._app)
@@ -228,34 +253,46 @@ class EventStream:
             for key, newest in zip(keys, pipe.execute(), strict=True)
         }
 
-    def _follow(self, last: dict[str, str], timeout_s: float | None) -> Iterator[Event]:
-        redis = self._app.broker.redis
+    def _follow(
+        self, last: dict[str, str], timeout_s: float | None, skip: tuple[int, int, int] | None
+    ) -> Iterator[Event]:
         quiet_since = time.monotonic()
         while True:
-            for key in event_keys(self._app):
-                last.setdefault(key, "0-0")  # a queue first used since: all of it is new
-            if self._app.broker.same_slot(list(last)):
-                # One server: one XREAD blocks on every stream at once.
-                left = None if timeout_s is None else timeout_s - (time.monotonic() - quiet_since)
-                block = FOLLOW_SLICE_MS if left is None else max(1, int(min(left, 1.0) * 1000))
-                streams: Any = dict(last)
-                reply: Any = redis.xread(streams, count=500, block=block)
-                entries = sorted(
-                    ((k.decode(), eid, raw) for k, page in reply or () for eid, raw in page),
-                    key=lambda e: stream_order(e[1]),
-                )
-                for key, eid, _ in entries:
-                    last[key] = eid.decode()
-            else:
-                entries = read_after(redis, last, 500)
-                if not entries:
-                    time.sleep(POLL_S)
+            left = None if timeout_s is None else timeout_s - (time.monotonic() - quiet_since)
+            entries = self._read(last, left)
             for _, eid, raw in entries:
-                yield from events_of(eid, raw)
+                for event in events_of(eid, raw):
+                    if skip is not None and stream_order(event.stream_id) <= skip:
+                        continue
+                    yield event
             if entries:
                 quiet_since = time.monotonic()
             elif timeout_s is not None and time.monotonic() - quiet_since >= timeout_s:
                 return
+
+    def _read(
+        self, last: dict[str, str], left_s: float | None
+    ) -> list[tuple[str, bytes, dict[bytes, bytes]]]:
+        """The next entries after ``last`` (moved on), waiting at most a slice for them."""
+        redis = self._app.broker.redis
+        for key in event_keys(self._app):
+            last.setdefault(key, "0-0")  # a queue first used since: all of it is new
+        if not self._app.broker.same_slot(list(last)):
+            entries = read_after(redis, last, 500)
+            if not entries:
+                time.sleep(POLL_S)
+            return entries
+        # One server: one XREAD blocks on every stream at once.
+        block = FOLLOW_SLICE_MS if left_s is None else max(1, int(min(left_s, 1.0) * 1000))
+        streams: Any = dict(last)
+        reply: Any = redis.xread(streams, count=500, block=block)
+        entries = sorted(
+            ((k.decode(), eid, raw) for k, page in reply or () for eid, raw in page),
+            key=lambda e: stream_order(e[1]),
+        )
+        for key, eid, _ in entries:
+            last[key] = eid.decode()
+        return entries
 
 
 FOLLOW_SLICE_MS = 1000

@@ -70,7 +70,7 @@ class EventWindow:
         self._min_interval_s = min_interval_s
         self._lock = threading.Lock()
         self._events: list[Event] = []
-        self._ids: list[tuple[int, int]] = []
+        self._ids: list[tuple[int, int, int]] = []
         self._sources: list[str] = []  # the stream of each event
         self._last: dict[str, str] = {}  # stream -> the newest id read from it
         self._refreshed = -1.0
@@ -152,7 +152,8 @@ class EventWindow:
         keep = [
             i
             for i, (key, order) in enumerate(zip(self._sources, self._ids, strict=True))
-            if (first := oldest.get(key)) is not None and order >= first
+            # By entry, (ms, seq): the events of the oldest entry still kept all stay.
+            if (first := oldest.get(key)) is not None and order[:2] >= first[:2]
         ]
         if len(keep) < len(self._ids):
             self._events = [self._events[i] for i in keep]

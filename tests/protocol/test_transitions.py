@@ -423,3 +423,14 @@ def test_wait_and_claim_keeps_a_claim_made_after_a_refused_wait(
     claim = app.broker.wait_and_claim("default", "c1", timeout_s=0.1)
     assert [int(decode_envelope(t.body).payload[2]) for t in claim.tasks] == [3]
     assert r.llen(qk.proc("c1")) == 1
+
+
+def test_every_event_of_a_shared_entry_is_a_position_to_resume_after(app: OmniTask) -> None:
+    job = app.tasks["job"]
+    ids = [r.id for r in job.delay_many([(i,) for i in range(45)])]  # entries of 20, 20, 5
+    events = app.events.replay()
+    assert [e.task_id for e in events] == ids
+    assert len({e.stream_id for e in events}) == 45  # "entry#k", the last one the entry's id
+    for at in (0, 4, 19, 20, 39, 44):
+        resumed = app.events.follow(after=events[at].stream_id, timeout_s=0.2)
+        assert [e.task_id for e in resumed] == ids[at + 1 :], at

@@ -11,7 +11,7 @@ from omnitask import OmniTask
 from omnitask.broker.keys import Keyspace
 from omnitask.broker.scripts import SCRIPTS
 from omnitask.errors import MessageError
-from omnitask.events import events_of
+from omnitask.events import events_of, stream_order
 from omnitask.messages import PROTOCOL_VERSION, Envelope, decode_envelope, encode_envelope
 from omnitask.producer import Call, new_task_ids
 
@@ -93,3 +93,8 @@ def test_an_is_field_not_written_by_omnitask_stays_a_field() -> None:
         "a",
         "b",
     ]
+
+
+def test_positions_within_a_shared_entry_sort_before_the_entry() -> None:
+    shuffled = ["6-0", "5-1", "5-1#0", "6-0#0", "5-0", "5-1#7"]
+    assert sorted(shuffled, key=stream_order) == ["5-0", "5-1#0", "5-1#7", "5-1", "6-0#0", "6-0"]
