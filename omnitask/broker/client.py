@@ -117,62 +117,19 @@ class Ack(NamedTuple):
     extra: Sequence[cmd.Command] = ()
 
 
-def _run_multi(client: redis.Redis, commands: Sequence[cmd.Command]) -> list[Any]:
-    """Send MULTI, ``commands``, EXEC in one write and return EXEC's replies, raw.
+def _run_pipelined(client: redis.Redis, commands: Sequence[cmd.Command]) -> list[Any]:
+    """Send ``commands`` in one write; return their replies, an error reply as its exception.
 
-    redis-py's Pipeline does the same with a parse step and callbacks per reply, which cost
-    more than Redis itself on the worker's hot path (profiled: about half of an ack). Errors of
-    single commands come back in the list as exception objects; an error of the whole
-    transaction (EXECABORT) or of the connection is raised. A connection that failed midway is
-    closed, so that no half-read reply is left on it.
+    redis-py's Pipeline does the same with a parse step and callbacks per reply, and packs
+    every argument in Python (type checks per argument): on the worker's hot path that cost
+    more than Redis itself (profiled: about half of an ack), and a third of the client's time
+    per enqueue. hiredis packs in C when it is installed. Every reply is read, also after an
+    error reply, so the connection stays in step; a connection that failed midway is closed,
+    so that no half-read reply is left on it.
     """
     pool = client.connection_pool
     # redis-py leaves these connection methods unannotated; Any keeps mypy --strict honest
     # about that instead of sprinkling ignores.
-    conn: Any = pool.get_connection()
-    block = [("MULTI",), *commands, ("EXEC",)]
-    try:
-        # hiredis packs in C; redis-py's packer type-checks every argument in Python, which
-        # was half the time of a bulk send (a task-sent XADD of 13 arguments per task).
-        conn.send_packed_command(
-            [b"".join(map(_pack, block))] if _pack else conn.pack_commands(block)
-        )
-        for _ in range(len(commands) + 1):  # +OK, then QUEUED per command
-            conn.read_response()
-        replies: list[Any] = conn.read_response()
-    except BaseException:
-        conn.disconnect()
-        raise
-    finally:
-        pool.release(conn)
-    return replies
-
-
-def _run_one(client: redis.Redis, command: cmd.Command) -> Any:
-    """Send one command and return its reply, packed by hiredis when it is installed.
-
-    redis-py packs every argument in Python (type checks per argument) and reads a reply
-    through several layers; on the enqueue path that was a third of the client's time.
-    A connection that failed midway is closed, so that no half-read reply is left on it.
-    """
-    pool = client.connection_pool
-    conn: Any = pool.get_connection()
-    try:
-        conn.send_packed_command([_pack(command)] if _pack else conn.pack_command(*command))
-        return conn.read_response()
-    except BaseException:
-        conn.disconnect()
-        raise
-    finally:
-        pool.release(conn)
-
-
-def _run_pipelined(client: redis.Redis, commands: Sequence[cmd.Command]) -> list[Any]:
-    """Send ``commands`` in one write; return their replies, an error reply as its exception.
-
-    Every reply is read, also after an error reply, so the connection stays in step.
-    """
-    pool = client.connection_pool
     conn: Any = pool.get_connection()
     try:
         conn.send_packed_command(
@@ -190,6 +147,29 @@ def _run_pipelined(client: redis.Redis, commands: Sequence[cmd.Command]) -> list
     finally:
         pool.release(conn)
     return replies
+
+
+def _run_one(client: redis.Redis, command: cmd.Command) -> Any:
+    """Send one command and return its reply (see :func:`_run_pipelined`); raise an error."""
+    reply = _run_pipelined(client, [command])[0]
+    if isinstance(reply, Exception):
+        raise reply
+    return reply
+
+
+def _run_multi(client: redis.Redis, commands: Sequence[cmd.Command]) -> list[Any]:
+    """Send MULTI, ``commands``, EXEC in one write and return EXEC's replies, raw.
+
+    Errors of single commands come back in the list as exception objects; an error of the
+    whole transaction (a command refused when queued, EXECABORT) or of the connection is
+    raised.
+    """
+    replies = _run_pipelined(client, [("MULTI",), *commands, ("EXEC",)])
+    refused = next((reply for reply in replies if isinstance(reply, Exception)), None)
+    if refused is not None:
+        raise refused
+    executed: list[Any] = replies[-1]
+    return executed
 
 
 def _failed_to_connect(exc: Exception) -> bool:
