@@ -66,7 +66,9 @@ class Event:
     Attributes:
         kind: What happened (an :class:`EventKind` value).
         time: When (timezone-aware, UTC; millisecond precision).
-        stream_id: The entry's id in the Redis stream (resume reading after it).
+        stream_id: The entry's id in the Redis stream (resume reading after it); for an event
+            of a shared task-sent entry but its last, the entry's id and ``#k`` (see
+            :func:`events_of`), which only :meth:`EventStream.follow` understands.
         task_id: The task, for task events.
         name: The task name, for task events.
         queue: The queue involved.

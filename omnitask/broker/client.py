@@ -630,10 +630,11 @@ class Broker:
         with self._following_slots():
             woke, claimed = _run_pipelined(self.node(qk.wake), commands)
             if isinstance(claimed, NoScriptError):  # a restarted or promoted server: load it
-                return self.claim(queue, consumer, n, held)
-            if isinstance(claimed, Exception):
+                claim = self.claim(queue, consumer, n, held)
+            elif isinstance(claimed, Exception):
                 raise woke if isinstance(woke, Exception) else claimed
-        claim = _parse_claim(claimed)
+            else:
+                claim = _parse_claim(claimed)
         if isinstance(woke, Exception):
             if not claim.tasks:
                 raise woke  # the caller slows down, as for a failed claim
