@@ -143,7 +143,7 @@ class OmnitaskCollector(Collector):
         self._worker = worker
         self._bounds = sorted(buckets)
         self._lock = threading.Lock()
-        self._counted: str | None = None
+        self._counted: int | None = None  # events of the window counted (its arrivals)
         self._events: Counter[tuple[str, str]] = Counter()
         self._runtimes: dict[str, _Runtimes] = {}
 
@@ -220,8 +220,10 @@ class OmnitaskCollector(Collector):
         yield from (tasks, retries, span)
 
     def _count_new(self) -> None:
-        start = self._counted or self._window.first_refresh_id or "0-0"
-        new = self._window.events_after(start)
+        start = self._counted
+        if start is None:
+            start = self._window.first_refresh_received or 0
+        new, self._counted = self._window.received_after(start)
         for event in new:
             kind = _KINDS.get(event.kind)
             if kind is None or not self._mine(worker_of(event.worker), event.kind):
@@ -231,10 +233,6 @@ class OmnitaskCollector(Collector):
             if kind == "succeeded" and event.runtime_s is not None:
                 runtimes = self._runtimes.setdefault(name, _Runtimes(self._bounds))
                 runtimes.add(self._bounds, event.runtime_s)
-        if new:
-            self._counted = new[-1].stream_id
-        elif self._counted is None:
-            self._counted = start
 
     def _counted_metrics(self) -> Iterator[Metric]:
         with self._lock:  # two scrapes at once must not count the same events twice

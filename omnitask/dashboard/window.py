@@ -72,10 +72,15 @@ class EventWindow:
         self._events: list[Event] = []
         self._ids: list[tuple[int, int, int]] = []
         self._sources: list[str] = []  # the stream of each event
+        # Each event's number in the order the window received it (from 1): an entry may land
+        # in one stream with an id below one already read from another, so "newer than a
+        # stream id" is not "received since".
+        self._arrivals: list[int] = []
+        self._received = 0
+        self._first_received: int | None = None
         self._last: dict[str, str] = {}  # stream -> the newest id read from it
         self._refreshed = -1.0
         self._now_ms = 0
-        self._first_refresh_id: str | None = None
 
     @property
     def now_ms(self) -> int:
@@ -83,9 +88,9 @@ class EventWindow:
         return self._now_ms
 
     @property
-    def first_refresh_id(self) -> str | None:
-        """The newest stream id read by the first refresh: later events arrived since."""
-        return self._first_refresh_id
+    def first_refresh_received(self) -> int | None:
+        """How many events the first refresh read: those received later are new since."""
+        return self._first_received
 
     def refresh(self, *, force: bool = False) -> None:
         """Read the events added since the last refresh and drop those Redis trimmed.
@@ -107,9 +112,8 @@ class EventWindow:
                 self._last.setdefault(key, "0-0")
             self._append(self._read_new(redis))
             self._trim(redis)
-            if self._first_refresh_id is None:
-                newest = max(self._last.values(), key=_order, default="0-0")
-                self._first_refresh_id = newest
+            if self._first_received is None:
+                self._first_received = self._received
             self._refreshed = started
 
     def _read_new(self, redis: Any) -> list[tuple[str, Event]]:
@@ -130,15 +134,19 @@ class EventWindow:
         self._events.extend(e for _, e in new)
         self._ids.extend(_order(e.stream_id) for _, e in new)
         self._sources.extend(key for key, _ in new)
+        self._arrivals.extend(range(self._received + 1, self._received + len(new) + 1))
+        self._received += len(new)
         if behind:
             # Streams on several servers (a cluster) may deliver an entry older than one
             # held: keep the window in id order, which every reader's bisect relies on.
             rows = sorted(
-                zip(self._ids, self._events, self._sources, strict=True), key=lambda row: row[0]
+                zip(self._ids, self._events, self._sources, self._arrivals, strict=True),
+                key=lambda row: row[0],
             )
-            self._ids = [i for i, _, _ in rows]
-            self._events = [e for _, e, _ in rows]
-            self._sources = [k for _, _, k in rows]
+            self._ids = [i for i, _, _, _ in rows]
+            self._events = [e for _, e, _, _ in rows]
+            self._sources = [k for _, _, k, _ in rows]
+            self._arrivals = [a for _, _, _, a in rows]
 
     def _trim(self, redis: Any) -> None:
         keys = list(self._last)
@@ -159,6 +167,7 @@ class EventWindow:
             self._events = [self._events[i] for i in keep]
             self._ids = [self._ids[i] for i in keep]
             self._sources = [self._sources[i] for i in keep]
+            self._arrivals = [self._arrivals[i] for i in keep]
 
     def events(self, *, since_ms: int | None = None) -> list[Event]:
         """The events held, oldest first (only those at or after ``since_ms`` if given)."""
@@ -167,10 +176,14 @@ class EventWindow:
                 return list(self._events)
             return self._events[bisect.bisect_left(self._ids, (since_ms, 0)) :]
 
-    def events_after(self, stream_id: str) -> list[Event]:
-        """The events held that are newer than ``stream_id``, oldest first."""
+    def received_after(self, received: int) -> tuple[list[Event], int]:
+        """The events held that the window received after its first ``received`` ones.
+
+        Returns them in id order, and how many it has received in all (pass that next time).
+        """
         with self._lock:
-            return self._events[bisect.bisect_right(self._ids, _order(stream_id)) :]
+            new = [e for e, n in zip(self._events, self._arrivals, strict=True) if n > received]
+            return new, self._received
 
     def span_ms(self) -> int:
         """How far back the window reaches from :attr:`now_ms` (0 when it is empty)."""

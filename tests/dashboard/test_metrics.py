@@ -101,6 +101,24 @@ def test_collector_counts_events_since_it_started_and_the_window(
     assert not [k for k in own if k[0].startswith("omnitask_queue_")]
 
 
+def test_collector_counts_an_entry_that_lands_below_one_already_read(
+    app: OmniTask, r: redis.Redis
+) -> None:
+    # Each queue's stream numbers its own entries: an entry can land in one stream with an id
+    # below one already read from another (two clients in the same millisecond). The counters
+    # follow what the window received, not stream ids, so it is counted.
+    add = "tests.dashboard.app.add"
+    fields = {"e": "task-succeeded", "n": add, "q": "a", "w": "w1/a.1", "rt": "0.1"}
+    r.sadd(app.keys.queues, "a", "b")
+    collector = OmnitaskCollector(app)
+    samples(collector.collect())
+    r.xadd(app.keys.queue("b").events, {**fields, "i": "first", "q": "b"}, id="2000000000000-5")
+    samples(collector.collect())
+    r.xadd(app.keys.queue("a").events, {**fields, "i": "late"}, id="2000000000000-3")
+    found = samples(collector.collect())
+    assert value(found, "omnitask_task_events_total", name=add, kind="succeeded") == 2
+
+
 def test_collector_says_when_redis_is_down() -> None:
     app = OmniTask("tdown", broker=f"redis://127.0.0.1:{free_port()}/0", connect_timeout_s=0.2)
     found = samples(OmnitaskCollector(app).collect())
