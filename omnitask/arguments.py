@@ -30,6 +30,11 @@ __all__ = ("Arguments",)
 _SKIP = (Any, object, inspect.Parameter.empty)
 
 
+def _is_a(value: Any, cls: type) -> bool:
+    """``isinstance``, with an int accepted where a float is asked for."""
+    return isinstance(value, cls) or (cls is float and type(value) is int)
+
+
 class _Param:
     """One checked parameter: its annotation and how to test a value against it."""
 
@@ -46,9 +51,7 @@ class _Param:
     def fits(self, value: Any) -> bool:
         """Whether ``value`` is acceptable as sent (no conversion)."""
         if self.plain is not None:
-            return isinstance(value, self.plain) or (
-                self.plain is float and type(value) is int  # int is fine where float is
-            )
+            return _is_a(value, self.plain)
         try:
             msgspec.convert(msgspec.to_builtins(value), self.annotation, strict=True)
         except msgspec.ValidationError:
@@ -96,6 +99,8 @@ class Arguments:
         values = signature.parameters.values()
         simple = all(p.kind in plain and p.default is inspect.Parameter.empty for p in values)
         self._names: tuple[str, ...] | None = tuple(signature.parameters) if simple else None
+        self._classes: tuple[type | None, ...] | None = None
+        self._classes_known = False
 
     def _resolved(self) -> dict[str, _Param]:
         if self._params is None:
@@ -122,6 +127,23 @@ class Arguments:
         except TypeError as exc:
             raise TypeError(f"task {self._task_name!r}: {exc}") from None
 
+    def _plain_classes(self) -> tuple[type | None, ...] | None:
+        """Per parameter, the class its annotation names (None: not checked).
+
+        Only when every parameter is a plain positional one annotated with a class or not at
+        all; else None.
+        """
+        if not self._classes_known:
+            params = self._resolved()
+            names = self._names or ()
+            plain = [params[n].plain if n in params else None for n in names]
+            simple = self._names is not None and all(
+                n not in params or cls is not None for n, cls in zip(names, plain, strict=True)
+            )
+            self._classes = tuple(plain) if simple else None
+            self._classes_known = True
+        return self._classes
+
     def check(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Check a call as ``.delay()`` receives it.
 
@@ -129,6 +151,15 @@ class Arguments:
             TypeError: The arguments do not fit the signature (missing, unexpected ...).
             ArgumentTypeError: An argument does not match its annotation.
         """
+        classes = self._plain_classes()
+        if classes is not None and not kwargs and len(args) == len(classes):
+            # The common call: one isinstance per argument (a third of the time of the walk
+            # below, which is still what finds and words a mismatch).
+            for value, cls in zip(args, classes, strict=True):
+                if cls is not None and not _is_a(value, cls):
+                    break
+            else:
+                return
         params = self._resolved()
         for name, value in self._arguments(args, kwargs):
             param = params.get(name)

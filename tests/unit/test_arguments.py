@@ -62,6 +62,10 @@ def bound(self: Any, key: uuid.UUID) -> None: ...
 def later(p: Defined) -> None: ...
 
 
+@app.task
+def plain(n: int, ratio: float, name: str, anything) -> None: ...  # type: ignore[no-untyped-def]
+
+
 @dataclasses.dataclass
 class Defined:
     """Defined after the task that names it: annotations resolve on first use."""
@@ -120,3 +124,18 @@ def test_worker_side_conversion() -> None:
     assert typed.arguments.convert(same, {})[0] == same
     with pytest.raises(ArgumentTypeError, match="'when' cannot be read as datetime"):
         typed.arguments.convert((1, "soon", "red", []), {})
+
+
+def test_plain_positional_calls_take_the_short_check_with_the_same_rules() -> None:
+    # Every parameter positional and annotated with a class or not at all: one isinstance
+    # each; a mismatch is then worded by the full check.
+    plain.arguments.check((1, 2.5, "a", object()), {})
+    plain.arguments.check((True, 2, "a", None), {})  # bool is an int; int is fine for float
+    with pytest.raises(ArgumentTypeError, match="argument 'ratio' must be float, got str"):
+        plain.arguments.check((1, "2.5", "a", None), {})
+    with pytest.raises(ArgumentTypeError, match=r"argument 'n' must be int, got float 1\.0"):
+        plain.arguments.check((1.0, 2.5, "a", None), {})
+    with pytest.raises(TypeError, match="too many positional arguments"):
+        plain.arguments.check((1, 2.5, "a", None, 5), {})
+    with pytest.raises(ArgumentTypeError, match="argument 'name' must be str"):
+        plain.arguments.check((1, 2.5), {"name": 3, "anything": None})
