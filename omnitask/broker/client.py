@@ -426,15 +426,26 @@ class Broker:
         keys: list[str] = [qk.delayed, qk.wake, qk.events]
         slots: dict[int, int] = {}  # priority -> index of its ready list in KEYS (from 1)
         args: list[Any] = [queue, self._events_maxlen, WAKE_TOKENS_MAX]
+        # Runs of consecutive tasks that go to the same place under the same name (see
+        # enqueue.lua): a bulk send is one run, two arguments per task.
+        run: tuple[Any, ...] = ()
+        pairs: list[Any] = []
         for body, priority, due_ms, task_id, name in envelopes:
             if due_ms is None:
                 slot = slots.get(priority)
                 if slot is None:
                     keys.append(qk.ready[priority])
                     slot = slots[priority] = len(keys)
-                args += (body, slot, "", task_id, name)
+                where: tuple[Any, ...] = (slot, "", name)
             else:
-                args += (body, "", due_ms, task_id, name)
+                where = ("", due_ms, name)
+            if where != run:
+                if pairs:
+                    args += (*run, len(pairs) // 2, *pairs)
+                run, pairs = where, []
+            pairs += (body, task_id)
+        if pairs:
+            args += (*run, len(pairs) // 2, *pairs)
         self._send(lambda: self._enqueue(keys, args), ids)
 
     def _enqueue(self, keys: Sequence[str], args: Sequence[Any]) -> None:
